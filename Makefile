@@ -1,0 +1,67 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run   - venv + install, then download -> prepare -> train GRU and LSTM -> register -> serve
+#   make test  - venv + install, then the whole test suite (the command CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# PhysioNet by default; this machine's local mirror when it is there (override: make run PHYSIONET_URL=...)
+PHYSIONET_URL ?= $(if $(wildcard ../shared/physionet/README.md),file://$(abspath ../shared/physionet)/,https://physionet.org/files/)
+export ECG_PHYSIONET_URL ?= $(PHYSIONET_URL)
+EPOCHS ?= 15
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run data train serve test test-all lint bench stack mlflow-ui clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch first, pinned: the CPU wheel. An unpinned torch would pull gigabytes of CUDA packages.
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+data: install
+	$(BIN)/ecg download mitdb
+	$(BIN)/ecg download ptb-xl
+	$(BIN)/ecg download ptbdb
+	$(BIN)/ecg prepare mitdb
+	$(BIN)/ecg prepare ptb-xl
+
+train: data
+	$(BIN)/ecg train --dataset mitdb --model gru --epochs $(EPOCHS) --register
+	$(BIN)/ecg train --dataset mitdb --model lstm --epochs $(EPOCHS) --register
+	$(BIN)/ecg train --dataset ptb-xl --model gru --epochs $(EPOCHS) --register
+	$(BIN)/ecg train --dataset ptb-xl --model lstm --epochs $(EPOCHS) --register
+
+run: train serve
+
+serve: install
+	$(BIN)/ecg serve --host $(HOST) --port $(PORT)
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+test: install
+	$(BIN)/pytest -m "not slow" -n 2
+
+test-all: install
+	$(BIN)/pytest -n 2
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy models pipeline service
+
+bench: install
+	$(BIN)/python -m bench.prepare_mitdb
+	$(BIN)/python -m bench.serving
+
+stack: install
+	$(BIN)/python -m bench.stack
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,117 @@
+"""Recurrent (GRU / LSTM) classifiers built from one config dataclass saved with the weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = ["RecurrentClassifier", "RecurrentClassifierConfig"]
+
+
+@dataclass(frozen=True)
+class RecurrentClassifierConfig:
+    """Architecture of a :class:`RecurrentClassifier`.
+
+    Attributes
+    ----------
+    n_inputs : int
+        Channels per time step of the input ``(batch, time, n_inputs)``, static ones included.
+    n_classes : int
+        Output logits.
+    n_static : int
+        The last ``n_static`` input channels are per-sample constants (e.g. RR-interval features
+        repeated along time). They are read from the first step and joined to the recurrent summary
+        before the head instead of being fed through the recurrence.
+    cell : {"gru", "lstm"}
+    hidden_size, num_layers : int
+    bidirectional : bool
+    dropout : float
+        Between recurrent layers and before the head.
+    patch_size : int
+        Non-overlapping patches of this many steps are flattened into one step before the
+        recurrence (a cheap way to shorten long sequences such as 10-s records; 1 = off).
+    """
+
+    n_inputs: int
+    n_classes: int
+    n_static: int = 0
+    cell: Literal["gru", "lstm"] = "gru"
+    hidden_size: int = 64
+    num_layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.2
+    patch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.cell not in ("gru", "lstm"):
+            raise ValueError(f"cell must be 'gru' or 'lstm', got {self.cell!r}")
+        if not 0 <= self.n_static < self.n_inputs:
+            raise ValueError(f"n_static={self.n_static} must be in [0, n_inputs={self.n_inputs})")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RecurrentClassifierConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+class RecurrentClassifier(nn.Module):
+    """GRU/LSTM over a sequence, summarised by last state and mean pooling, then an MLP head.
+
+    Input ``(batch, time, n_inputs)`` float32; output ``(batch, n_classes)`` logits.
+    """
+
+    def __init__(self, config: RecurrentClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        n_seq = (config.n_inputs - config.n_static) * config.patch_size
+        rnn_cls = nn.GRU if config.cell == "gru" else nn.LSTM
+        self.rnn = rnn_cls(
+            input_size=n_seq,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            batch_first=True,
+            bidirectional=config.bidirectional,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        n_dir = 2 if config.bidirectional else 1
+        summary = 2 * n_dir * config.hidden_size + config.n_static
+        self.head = nn.Sequential(
+            nn.Dropout(config.dropout),
+            nn.Linear(summary, config.hidden_size),
+            nn.ReLU(),
+            nn.Linear(config.hidden_size, config.n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        n_seq = cfg.n_inputs - cfg.n_static
+        seq = x[:, :, :n_seq]  # (B, T, C_seq)
+        if cfg.patch_size > 1:
+            b, t, c = seq.shape
+            t_cut = (t // cfg.patch_size) * cfg.patch_size
+            seq = seq[:, :t_cut].reshape(b, t_cut // cfg.patch_size, c * cfg.patch_size)
+        out, _ = self.rnn(seq)  # (B, T', n_dir * H)
+        n_dir = 2 if cfg.bidirectional else 1
+        h = cfg.hidden_size
+        # Last step of the forward direction, first step of the backward one: each has seen it all.
+        last = out[:, -1, :h] if n_dir == 1 else torch.cat([out[:, -1, :h], out[:, 0, h:]], dim=1)
+        parts = [last, out.mean(dim=1)]
+        if cfg.n_static:
+            parts.append(x[:, 0, n_seq:])  # (B, n_static)
+        return self.head(torch.cat(parts, dim=1))
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

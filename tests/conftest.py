@@ -1,0 +1,63 @@
+"""Fixtures shared by the whole suite: the PhysioNet mirror in ../shared and an HTTP server for it."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_PHYSIONET = Path(
+    os.environ.get("ECG_SHARED_PHYSIONET", REPO_ROOT.parent / "shared" / "physionet")
+).resolve()
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _needs_shared() -> Path:
+    if not (SHARED_PHYSIONET / "mitdb" / "1.0.0" / "RECORDS").exists():
+        pytest.skip(f"the PhysioNet mirror is not at {SHARED_PHYSIONET} (set ECG_SHARED_PHYSIONET)")
+    return SHARED_PHYSIONET
+
+
+@pytest.fixture(scope="session")
+def shared_physionet() -> Path:
+    """``../shared/physionet`` (laid out as PhysioNet serves it); skips when absent."""
+    return _needs_shared()
+
+
+@pytest.fixture(scope="session")
+def mitdb_dir(shared_physionet: Path) -> Path:
+    """The complete MIT-BIH Arrhythmia Database 1.0.0 (read-only)."""
+    return shared_physionet / "mitdb" / "1.0.0"
+
+
+@pytest.fixture(scope="session")
+def ptbxl_dir(shared_physionet: Path) -> Path:
+    """The PTB-XL 1.0.1 subset (read-only)."""
+    return shared_physionet / "ptb-xl" / "1.0.1"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+def serve_directory(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """Start a real HTTP server for ``root`` on 127.0.0.1 (random port); returns it and its URL."""
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+@pytest.fixture(scope="session")
+def physionet_mirror(shared_physionet: Path) -> Iterator[str]:
+    """Base URL of a real HTTP server on 127.0.0.1 serving ``../shared/physionet``."""
+    server, url = serve_directory(shared_physionet)
+    yield url
+    server.shutdown()
