@@ -8,8 +8,10 @@ __all__ = [
     "DS2_RECORDS",
     "EXCLUDED_FROM_TRAINING",
     "MITDB_SYMBOL_TO_AAMI",
+    "MITDB_VAL_RECORDS",
     "PACED_RECORDS",
     "PTBXL_SUPERCLASSES",
+    "WFDB_BEAT_SYMBOLS",
     "aami_class",
 ]
 
@@ -25,6 +27,10 @@ MITDB_SYMBOL_TO_AAMI: dict[str, str] = {
     **dict.fromkeys(["/", "f", "Q"], "Q"),
 }
 
+#: WFDB annotation symbols that mark a QRS complex (the WFDB library's ``isqrs`` codes). RR
+#: intervals run over all of them; symbols such as '+', '~', '|', 'x', '!' or '"' are not beats.
+WFDB_BEAT_SYMBOLS: frozenset[str] = frozenset("NLRBaJASVrFejnE/fQ?")
+
 #: Records with paced beats, excluded as AAMI recommends.
 PACED_RECORDS: frozenset[str] = frozenset({"102", "104", "107", "217"})
 
@@ -37,6 +43,14 @@ DS2_RECORDS: tuple[str, ...] = (
     "100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210",
     "212", "213", "214", "219", "221", "222", "228", "231", "232", "233", "234",
 )  # fmt: skip
+
+#: DS1 records held out for validation (the rest of DS1, less 201, trains). Chosen so that
+#: validation sees S, V and F beats from several patients while training keeps most of them:
+#: 118 (RBBB, 96 S), 124 (RBBB/junctional, 31 S, 47 V, 5 F), 220 (94 S) and 223 (73 S, 473 V,
+#: 14 F) give validation 294 of DS1's 816 S beats (201 excluded), 536 of 3,590 V and 19 of 413 F;
+#: training keeps S from 209, 207, 114 and others, and 208's 373 F. One split of four patients is
+#: noisy for S: select models on patient-grouped folds within DS1 where it matters.
+MITDB_VAL_RECORDS: tuple[str, ...] = ("118", "124", "220", "223")
 
 #: Records 201 (DS1) and 202 (DS2) come from the same subject (MIT-BIH directory). 201 is kept
 #: out of training and validation so that no patient is on both sides of the test boundary;

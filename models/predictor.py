@@ -235,7 +235,7 @@ class HeartDiseasePredictor(_Predictor):
     def record_inputs(
         self, signal: np.ndarray, fs: float, leads: list[str] | tuple[str, ...]
     ) -> np.ndarray:
-        """Model input ``card.input_shape`` for one raw ``(n_samples, n_leads)`` record at ``fs`` Hz.
+        """Model input ``card.input_shape`` for one raw ``(n_samples, n_leads)`` record at ``fs``.
 
         Leads are matched by name (case-insensitive) and reordered to the model's order; the
         preprocessed record is cut or edge-padded to the model's length.
@@ -262,7 +262,7 @@ class HeartDiseasePredictor(_Predictor):
     def predict_many(
         self, records: list[tuple[np.ndarray, float, list[str] | tuple[str, ...]]]
     ) -> np.ndarray:
-        """Probabilities ``(n_records, n_classes)`` for ``(signal, fs, leads)`` records, one pass."""
+        """Probabilities ``(n_records, n_classes)`` of ``(signal, fs, leads)`` records, one pass."""
         x = np.stack([self.record_inputs(s, fs, leads) for s, fs, leads in records])
         return torch.sigmoid(torch.from_numpy(self._logits(x))).numpy()
 
