@@ -51,6 +51,11 @@ def download(
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=32, help="Parallel downloads.")] = 8,
     dest: Annotated[Path | None, typer.Option(help="Raw data root (default: <data_dir>/raw).")] = None,
+    rate: Annotated[
+        list[int] | None,
+        typer.Option(help="PTB-XL only: sampling rate(s) to fetch, 100 and/or 500 (default 100)."),
+    ] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Download a PhysioNet database version, verified against its SHA256SUMS.txt."""
     from pipeline.download import download_database
@@ -64,6 +69,8 @@ def download(
             version=version,
             records=[r.strip() for r in records.split(",") if r.strip()] if records else None,
             workers=workers,
+            sampling_rates=rate or None,
+            progress=False if no_progress else None,
         )
     except UserError as err:
         raise _fail(err) from None

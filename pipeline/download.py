@@ -1,0 +1,831 @@
+"""Checksummed, resumable, parallel downloads of a PhysioNet database version.
+
+PhysioNet serves a database version at ``<base>/<db>/<version>/``, with ``SHA256SUMS.txt`` (one
+``<sha256> <path>`` line per file) and ``RECORDS`` (one record name per line). This module fetches
+the checksum list, then ``RECORDS``, then every file of the selected records (the checksum-list
+paths that start with ``<record>.``: header, signal and annotation files) plus the database's
+metadata files, into ``<dest_root>/<db>/<version>/`` with PhysioNet's relative paths, so that
+``wfdb.rdrecord("<dest_root>/mitdb/1.0.0/100")`` reads the result.
+
+Guarantees
+----------
+- Every file is checked against ``SHA256SUMS.txt``. A file is written to ``<file>.part`` and moved
+  into place (``os.replace``) only once its hash matches; a mismatching download is deleted and
+  reported by name, so no file is ever left under its final name unverified.
+- Re-running skips files that are present and match their checksum (they are re-hashed locally; no
+  request is sent for them). ``SHA256SUMS.txt`` itself is fetched on every run (one request).
+- An interrupted transfer leaves its ``.part`` file; the next attempt (a retry within the run, or
+  the next run) resumes it with an HTTP ``Range`` request. A server that ignores ``Range`` (answers
+  200, as Python's ``http.server`` does) is handled by downloading the whole file again; a resumed
+  file that fails its checksum is downloaded once more from scratch before it is reported.
+- ``file://`` base URLs read a local copy laid out like PhysioNet (used by the Makefile on machines
+  with a local mirror).
+
+Decisions
+---------
+- Records named in ``RECORDS`` but absent from ``SHA256SUMS.txt`` (a partial mirror) are skipped
+  with one warning giving their number. A file that ``SHA256SUMS.txt`` lists but the server answers
+  404 for is an error naming it: the checksum list says the mirror should have it.
+- A missing ``RECORDS`` is an error when ``SHA256SUMS.txt`` lists it; when it does not (a mirror
+  without one), the records are taken from the headers (``*.hea``) in the checksum list.
+- ``requests`` (with urllib3 retries for connection errors and 429/5xx answers) rather than pooch:
+  pooch checks hashes and retries, but it neither resumes partial files with ``Range`` nor reads
+  ``file://`` URLs, and it fetches one file at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from urllib.parse import quote, urlsplit
+from urllib.request import url2pathname
+
+import requests
+from requests.adapters import HTTPAdapter
+from tqdm import tqdm
+from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.util.retry import Retry
+
+from pipeline.errors import UserError
+
+__all__ = [
+    "CHECKSUMS_FILE",
+    "DATABASES",
+    "RECORDS_FILE",
+    "DatabaseSpec",
+    "DownloadError",
+    "DownloadReport",
+    "download_database",
+    "parse_checksums",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKSUMS_FILE = "SHA256SUMS.txt"
+RECORDS_FILE = "RECORDS"
+_CHUNK = 1 << 20
+_PART = ".part"
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    """What to fetch from one PhysioNet database.
+
+    Attributes
+    ----------
+    name : str
+        PhysioNet's short name (the URL path segment), e.g. ``"mitdb"``.
+    title : str
+        Human-readable name.
+    default_version : str
+        Version fetched when none is given.
+    metadata : tuple of str
+        Files fetched besides the records, when the checksum list has them.
+    record_pattern : str or None
+        Regular expression that finds record names in ``RECORDS``; None: one name per line.
+    rate_dirs : Mapping[int, str]
+        Sampling rate (Hz) -> path prefix of the records at that rate, for databases that
+        publish several (PTB-XL: ``records100/``, ``records500/``).
+    default_rates : tuple of int
+        Rates fetched when none are asked for (all records when empty).
+    """
+
+    name: str
+    title: str
+    default_version: str
+    metadata: tuple[str, ...] = ()
+    record_pattern: str | None = None
+    rate_dirs: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    default_rates: tuple[int, ...] = ()
+
+
+DATABASES: Mapping[str, DatabaseSpec] = MappingProxyType(
+    {
+        "mitdb": DatabaseSpec(
+            "mitdb", "MIT-BIH Arrhythmia Database", "1.0.0", metadata=("ANNOTATORS",)
+        ),
+        "ptb-xl": DatabaseSpec(
+            "ptb-xl",
+            "PTB-XL, a large publicly available electrocardiography dataset",
+            "1.0.1",
+            metadata=("ptbxl_database.csv", "scp_statements.csv", "LICENSE.txt"),
+            # PTB-XL 1.0.1's RECORDS lacks the newline between its last 100 Hz and first 500 Hz
+            # record, so names are found by pattern rather than split by line.
+            record_pattern=r"records(?:100|500)/\d{5}/\d{5}_(?:lr|hr)",
+            rate_dirs=MappingProxyType({100: "records100/", 500: "records500/"}),
+            default_rates=(100,),
+        ),
+        "ptbdb": DatabaseSpec("ptbdb", "PTB Diagnostic ECG Database", "1.0.0"),
+    }
+)
+
+
+class DownloadError(UserError):
+    """One or more files could not be downloaded and verified; the message names them."""
+
+
+@dataclass(frozen=True)
+class DownloadReport:
+    """What :func:`download_database` did.
+
+    Attributes
+    ----------
+    database, version : str
+        The database and version fetched.
+    destination : Path
+        ``<dest_root>/<db>/<version>``.
+    source : str
+        The URL (or ``file://`` URL) of the version.
+    n_records : int
+        Records whose files are now present and verified.
+    downloaded : tuple of str
+        Relative paths fetched in this run.
+    verified : tuple of str
+        Relative paths that were already present and matched their checksum.
+    not_on_mirror : int
+        Records named in ``RECORDS`` but absent from ``SHA256SUMS.txt`` (skipped).
+    bytes_downloaded : int
+        Bytes of record and metadata files received in this run (not counting the checksum list).
+    seconds : float
+        Wall-clock time of the run.
+    """
+
+    database: str
+    version: str
+    destination: Path
+    source: str
+    n_records: int
+    downloaded: tuple[str, ...]
+    verified: tuple[str, ...]
+    not_on_mirror: int
+    bytes_downloaded: int
+    seconds: float
+
+    def summary(self) -> str:
+        """One line (two when records were skipped) for the command line."""
+        n_files = len(self.downloaded) + len(self.verified)
+        line = (
+            f"{self.database} {self.version}: {self.n_records} records, {n_files} files verified "
+            f"in {self.destination} ({len(self.downloaded)} downloaded, "
+            f"{self.bytes_downloaded / 1e6:.1f} MB; {len(self.verified)} already present) "
+            f"in {self.seconds:.1f} s"
+        )
+        if self.not_on_mirror:
+            line += (
+                f"\n{self.not_on_mirror} records listed in RECORDS are not in {CHECKSUMS_FILE} at "
+                f"{self.source} and were skipped"
+            )
+        return line
+
+
+# --------------------------------------------------------------------------- checksum list
+_CHECKSUM_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S.*?)\s*$")
+
+
+def parse_checksums(text: str, source: str = CHECKSUMS_FILE) -> dict[str, str]:
+    """Parse a ``sha256sum``-style list: ``<64 hex digits><one or more spaces>[*]<path>``.
+
+    Parameters
+    ----------
+    text : str
+        Content of ``SHA256SUMS.txt``. Blank lines are ignored; one or two spaces (or ``" *"``)
+        between hash and path are accepted.
+    source : str
+        Where the text came from, for error messages.
+
+    Returns
+    -------
+    dict
+        Relative POSIX path -> lower-case hex SHA-256.
+
+    Raises
+    ------
+    UserError
+        On a malformed line (e.g. an HTML page served in place of the list) or a path that would
+        leave the destination (absolute, ``..``).
+    """
+    sums: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        match = _CHECKSUM_LINE.match(raw)
+        if match is None:
+            excerpt = raw.strip()[:60]
+            raise UserError(
+                f"{source} line {number} is not '<sha256> <path>': {excerpt!r}; "
+                "is the base URL a PhysioNet /files/ URL or a mirror laid out like it?"
+            )
+        digest, path = match.group(1).lower(), match.group(2)
+        parts = PurePosixPath(path).parts
+        if path.startswith("/") or "\\" in path or ".." in parts or not parts:
+            raise UserError(f"{source} line {number}: unsafe path {path!r}; refusing to download")
+        sums[path] = digest
+    if not sums:
+        raise UserError(f"{source} is empty; is the base URL right?")
+    return sums
+
+
+def _record_of(path: str) -> str:
+    """``"patient001/s0010_re.hea"`` -> ``"patient001/s0010_re"``: the path up to the file name's
+    first dot (so ``102-0.atr`` belongs to ``102-0``, not ``102``)."""
+    head, _, name = path.rpartition("/")
+    stem = name.split(".", 1)[0]
+    return f"{head}/{stem}" if head else stem
+
+
+def _index_by_record(checksums: Mapping[str, str]) -> dict[str, list[str]]:
+    index: dict[str, list[str]] = {}
+    for path in checksums:
+        if "." in path.rpartition("/")[2]:
+            index.setdefault(_record_of(path), []).append(path)
+    return index
+
+
+def _sha256_file(path: Path, hasher: hashlib._Hash | None = None) -> str:
+    hasher = hasher or hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+# --------------------------------------------------------------------------- transports
+class _FetchError(Exception):
+    """A transfer failed. ``retryable``: worth another attempt (a dropped connection);
+    ``fatal``: the host is unreachable, so every other transfer will fail too."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        not_found: bool = False,
+        retryable: bool = False,
+        fatal: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.not_found = not_found
+        self.retryable = retryable
+        self.fatal = fatal
+
+
+_Body = tuple[Iterator[bytes], bool]  # chunks, and whether they continue from the offset asked
+
+
+class _HttpTransport:
+    """GET over HTTP(S) with one ``requests.Session`` per thread (sessions are not thread-safe)."""
+
+    def __init__(self, base: str, *, retries: int, backoff: float, timeout: float) -> None:
+        self.base = base
+        self.host = urlsplit(base).netloc
+        # connect=0: a refused connection or an unknown host fails at once with one clear line;
+        # dropped reads and 429/5xx answers are retried with backoff
+        self._retry = Retry(
+            total=retries,
+            connect=0,
+            backoff_factor=backoff,
+            status_forcelist=(429, 500, 502, 503, 504),
+            allowed_methods=frozenset({"GET"}),
+            raise_on_status=False,
+            respect_retry_after_header=True,
+        )
+        self._timeout = timeout
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    def url(self, rel: str) -> str:
+        return self.base + quote(rel)
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(max_retries=self._retry)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            # identity: bytes as stored, so hashes and Range offsets refer to the same bytes
+            session.headers.update(
+                {"User-Agent": "ecg-service-downloader", "Accept-Encoding": "identity"}
+            )
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    @contextmanager
+    def open(self, rel: str, offset: int) -> Iterator[_Body]:
+        url = self.url(rel)
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            response = self._session().get(url, headers=headers, stream=True, timeout=self._timeout)
+        except requests.ConnectionError as err:
+            reason = getattr(err.args[0], "reason", None) if err.args else None
+            if isinstance(reason, NewConnectionError) or isinstance(err, requests.ConnectTimeout):
+                raise _FetchError(
+                    f"cannot reach {self.host} ({_short_reason(err)}); check the base URL "
+                    "(--base-url / ECG_PHYSIONET_URL) and the network",
+                    fatal=True,
+                ) from None
+            raise _FetchError(f"{url}: {_short_reason(err)}", retryable=True) from None
+        except requests.RequestException as err:
+            raise _FetchError(f"{url}: {_short_reason(err)}", retryable=True) from None
+        with response:
+            status = response.status_code
+            if status in (404, 410):
+                raise _FetchError(f"{url}: HTTP {status} {response.reason}", not_found=True)
+            if status == 416 and offset:  # the .part already holds the whole file (or more)
+                yield iter(()), True
+                return
+            if status not in (200, 206):
+                raise _FetchError(f"{url}: HTTP {status} {response.reason}")
+            resumed = (
+                status == 206
+                and bool(offset)
+                and response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+            )
+            if status == 206 and not resumed:
+                raise _FetchError(f"{url}: unexpected partial answer", retryable=True)
+            yield self._chunks(response, url), resumed
+
+    @staticmethod
+    def _chunks(response: requests.Response, url: str) -> Iterator[bytes]:
+        # read1 hands over whatever has arrived, so a dropped connection loses no received
+        # bytes (iter_content would discard its partly filled buffer); urllib3 < 2 lacks it
+        read1 = getattr(response.raw, "read1", None)
+        received = 0
+        try:
+            if read1 is None:
+                chunks: Iterator[bytes] = response.iter_content(_CHUNK)
+            else:
+                chunks = iter(lambda: read1(_CHUNK, decode_content=True), b"")
+            for chunk in chunks:
+                received += len(chunk)
+                yield chunk
+        except (requests.RequestException, HTTPError, OSError) as err:
+            expected = response.headers.get("Content-Length")
+            of = f" of {expected}" if expected else ""
+            raise _FetchError(
+                f"{url}: connection lost after {received}{of} bytes ({_short_reason(err)})",
+                retryable=True,
+            ) from None
+
+
+class _FileTransport:
+    """Reads a local copy laid out like PhysioNet (``file://`` base URLs)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.root = Path(url2pathname(urlsplit(base).path))
+
+    def url(self, rel: str) -> str:
+        return self.base + quote(rel)
+
+    def close(self) -> None:
+        pass
+
+    @contextmanager
+    def open(self, rel: str, offset: int) -> Iterator[_Body]:
+        path = self.root / rel
+        try:
+            f = path.open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise _FetchError(f"{path}: no such file", not_found=True) from None
+        except OSError as err:
+            raise _FetchError(f"{path}: {err.strerror or err}") from None
+        with f:
+            f.seek(offset)
+            yield iter(lambda: f.read(_CHUNK), b""), bool(offset)
+
+
+_Transport = _HttpTransport | _FileTransport
+
+
+def _short_reason(err: BaseException) -> str:
+    text = str(err)
+    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if match:
+        return match.group(1).strip()
+    if "Read timed out" in text or "timed out" in text:
+        return "timed out"
+    return type(err).__name__ if len(text) > 200 else text
+
+
+def _make_transport(base_url: str, *, retries: int, backoff: float, timeout: float) -> _Transport:
+    """The transport for ``base_url`` (HTTP(S) or ``file://``); the base gets a final ``/``."""
+    base = base_url.strip()
+    if not base.endswith("/"):
+        base += "/"
+    scheme = urlsplit(base).scheme.lower()
+    if scheme in ("http", "https"):
+        return _HttpTransport(base, retries=retries, backoff=backoff, timeout=timeout)
+    if scheme == "file":
+        return _FileTransport(base)
+    hint = f" (for a local copy use file://{Path(base).resolve()}/)" if not scheme else ""
+    raise UserError(
+        f"unsupported base URL {base_url!r}: expected http://, https:// or file://{hint}"
+    )
+
+
+# --------------------------------------------------------------------------- one version
+class _Fetcher:
+    """Fetches files of one database version into ``dest`` through ``.part`` files."""
+
+    def __init__(
+        self, transport: _Transport, prefix: str, dest: Path, *, retries: int, backoff: float
+    ) -> None:
+        self.transport = transport
+        self.prefix = prefix  # "<db>/<version>/"
+        self.dest = dest
+        self.retries = retries
+        self.backoff = backoff
+
+    def url(self, rel: str) -> str:
+        return self.transport.url(self.prefix + rel)
+
+    def ensure(self, rel: str, sha256: str) -> tuple[bool, int]:
+        """Make ``dest/rel`` a verified copy. Returns (downloaded?, bytes received)."""
+        final = self.dest / rel
+        if final.is_file():
+            if _sha256_file(final) == sha256:
+                return False, 0
+            logger.warning(
+                "%s: local copy does not match %s; downloading it again", rel, CHECKSUMS_FILE
+            )
+            final.unlink()
+        return True, self.fetch(rel, sha256)
+
+    def fetch(self, rel: str, sha256: str | None) -> int:
+        """Download ``rel`` to ``dest/rel`` (via ``.part``); verify it when ``sha256`` is given.
+
+        Returns the number of bytes received. Raises :class:`_FetchError` on transfer failures
+        and :class:`DownloadError` on a checksum mismatch (the ``.part`` is deleted then).
+        """
+        final = self.dest / rel
+        part = final.with_name(final.name + _PART)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if sha256 is None:  # nothing to verify a resumed file against: start afresh
+            part.unlink(missing_ok=True)
+        attempt, restarted, received = 0, False, 0
+        while True:
+            offset = part.stat().st_size if part.exists() else 0
+            hasher = hashlib.sha256()
+            try:
+                with self.transport.open(self.prefix + rel, offset) as (chunks, resumed):
+                    if resumed:
+                        _sha256_file(part, hasher)
+                        logger.debug("%s: resuming after %d bytes", rel, offset)
+                    with part.open("ab" if resumed else "wb") as out:
+                        for chunk in chunks:
+                            out.write(chunk)
+                            hasher.update(chunk)
+                            received += len(chunk)
+            except _FetchError as err:
+                if err.not_found and sha256 is not None:
+                    raise _FetchError(
+                        f"{rel} is listed in {CHECKSUMS_FILE} but missing on the server "
+                        f"({err}); the mirror is incomplete",
+                        not_found=True,
+                    ) from None
+                if err.retryable and attempt < self.retries:
+                    attempt += 1
+                    logger.info("%s: %s; retry %d of %d", rel, err, attempt, self.retries)
+                    time.sleep(self.backoff * 2 ** (attempt - 1))
+                    continue
+                if err.retryable:
+                    raise _FetchError(
+                        f"{rel}: {err}; the partial file is kept as {part.name} and the next "
+                        "run resumes it",
+                        retryable=True,
+                    ) from None
+                raise
+            digest = hasher.hexdigest()
+            if sha256 is None or digest == sha256:
+                os.replace(part, final)
+                return received
+            size = part.stat().st_size
+            part.unlink()
+            if offset and not restarted:  # a stale prefix from an earlier run may be at fault
+                restarted = True
+                logger.warning("%s: resumed download failed its checksum; starting afresh", rel)
+                continue
+            raise DownloadError(
+                f"{rel}: SHA-256 mismatch ({size} bytes received, hash {digest[:12]}…, "
+                f"{CHECKSUMS_FILE} says {sha256[:12]}…); the file was deleted. The mirror's "
+                f"copy at {self.url(rel)} is corrupt or truncated"
+            )
+
+
+# --------------------------------------------------------------------------- entry point
+def _spec(database: str) -> DatabaseSpec:
+    spec = DATABASES.get(database.strip().lower())
+    if spec is None:
+        raise UserError(f"unknown database {database!r}; known: {', '.join(sorted(DATABASES))}")
+    return spec
+
+
+def _rates(spec: DatabaseSpec, sampling_rates: Sequence[int] | None) -> tuple[int, ...]:
+    if sampling_rates is None:
+        return spec.default_rates
+    rates = tuple(dict.fromkeys(int(r) for r in sampling_rates))
+    if not spec.rate_dirs:
+        raise UserError(f"{spec.name} publishes one sampling rate; leave out the rate option")
+    unknown = [r for r in rates if r not in spec.rate_dirs]
+    if unknown or not rates:
+        raise UserError(
+            f"{spec.name} has no records at {unknown or rates} Hz; "
+            f"choose from {sorted(spec.rate_dirs)}"
+        )
+    return rates
+
+
+def _parse_records(spec: DatabaseSpec, text: str) -> list[str]:
+    if spec.record_pattern:
+        names = re.findall(spec.record_pattern, text)
+    else:
+        names = [line.strip() for line in text.splitlines()]
+    return list(dict.fromkeys(n for n in names if n and not n.startswith("#")))
+
+
+def _select(
+    spec: DatabaseSpec,
+    listed: list[str],
+    index: Mapping[str, list[str]],
+    requested: Sequence[str] | None,
+    rates: tuple[int, ...],
+    source: str,
+) -> tuple[list[str], int]:
+    """Records to fetch, and how many listed records are absent from the checksum list."""
+    if requested is None:
+        if rates:
+            prefixes = tuple(spec.rate_dirs[r] for r in rates)
+            listed = [r for r in listed if r.startswith(prefixes)]
+        chosen = [r for r in listed if r in index]
+        missing = len(listed) - len(chosen)
+        if missing:
+            logger.warning(
+                "%d of %d records listed in %s have no files in %s at %s (a partial mirror); "
+                "skipping them",
+                missing,
+                len(listed),
+                RECORDS_FILE,
+                CHECKSUMS_FILE,
+                source,
+            )
+        if not chosen:
+            raise UserError(
+                f"none of the {len(listed)} records in {RECORDS_FILE} at {source} "
+                f"are in its {CHECKSUMS_FILE}; nothing to download"
+            )
+        return chosen, missing
+
+    listed_set = set(listed)
+    by_basename: dict[str, list[str]] = {}
+    for name in listed:
+        by_basename.setdefault(name.rpartition("/")[2], []).append(name)
+    chosen = []
+    unknown: list[str] = []
+    absent: list[str] = []
+    for name in dict.fromkeys(r.strip() for r in requested if r.strip()):
+        if name in listed_set:
+            record = name
+        elif len(by_basename.get(name, [])) == 1:
+            record = by_basename[name][0]
+        else:
+            unknown.append(name)
+            continue
+        (chosen if record in index else absent).append(record)
+    if unknown:
+        examples = ", ".join(listed[:3])
+        raise UserError(
+            f"unknown record(s) for {spec.name}: {', '.join(unknown)}; {RECORDS_FILE} lists "
+            f"{len(listed)} records (e.g. {examples})"
+        )
+    if absent:
+        raise UserError(
+            f"record(s) {', '.join(absent)} are listed in {RECORDS_FILE} but not in "
+            f"{CHECKSUMS_FILE} at {source}: this mirror does not have them"
+        )
+    if not chosen:
+        raise UserError("no records given")
+    return list(dict.fromkeys(chosen)), 0
+
+
+def download_database(
+    database: str,
+    *,
+    dest_root: Path,
+    base_url: str,
+    version: str | None = None,
+    records: Sequence[str] | None = None,
+    workers: int = 8,
+    sampling_rates: Sequence[int] | None = None,
+    progress: bool | None = None,
+    retries: int = 3,
+    backoff: float = 0.5,
+    timeout: float = 30.0,
+) -> DownloadReport:
+    """Download one version of a PhysioNet database, every file verified by SHA-256.
+
+    Parameters
+    ----------
+    database : str
+        A key of :data:`DATABASES` (``mitdb``, ``ptb-xl``, ``ptbdb``).
+    dest_root : Path
+        Files go to ``dest_root/<database>/<version>/<path as on PhysioNet>``.
+    base_url : str
+        ``https://physionet.org/files/``, a mirror laid out like it, or a ``file://`` URL.
+    version : str, optional
+        Database version; default :attr:`DatabaseSpec.default_version`.
+    records : sequence of str, optional
+        Only these records (names as in ``RECORDS``; for PTB-XL the file name alone, e.g.
+        ``00001_lr``, is enough). Default: every record listed at the selected rates.
+    workers : int
+        Parallel transfers.
+    sampling_rates : sequence of int, optional
+        PTB-XL only: which record sets to fetch (100 and/or 500 Hz); default 100 Hz.
+        Ignored when ``records`` is given.
+    progress : bool, optional
+        Show a tqdm bar of files on stderr; None: only when stderr is a terminal.
+    retries : int
+        Extra attempts after a failed connection, a dropped transfer or a 429/5xx answer.
+    backoff : float
+        Seconds before the first retry; doubled at each further one.
+    timeout : float
+        Seconds to wait for a connection or for data.
+
+    Returns
+    -------
+    DownloadReport
+
+    Raises
+    ------
+    UserError
+        Unknown database, record or rate; unreachable host; HTTP error on the checksum list or
+        ``RECORDS``. :class:`DownloadError` (a UserError) names the files that could not be
+        downloaded or failed their checksum; files that succeeded stay in place.
+    """
+    started = time.perf_counter()
+    spec = _spec(database)
+    version = (version or spec.default_version).strip()
+    if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z._-]*", version) or ".." in version:
+        raise UserError(f"invalid version {version!r}; e.g. {spec.default_version}")
+    if workers < 1:
+        raise UserError(f"workers must be at least 1, got {workers}")
+    rates = _rates(spec, sampling_rates) if records is None else ()
+    if retries < 0:
+        raise UserError(f"retries must be >= 0, got {retries}")
+
+    transport = _make_transport(base_url, retries=retries, backoff=backoff, timeout=timeout)
+    dest = Path(dest_root) / spec.name / version
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {dest}: {err.strerror or err}") from None
+    fetcher = _Fetcher(transport, f"{spec.name}/{version}/", dest, retries=retries, backoff=backoff)
+    source = fetcher.url("")
+    try:
+        return _download(spec, version, fetcher, source, records, rates, workers, progress, started)
+    finally:
+        transport.close()
+
+
+def _download(
+    spec: DatabaseSpec,
+    version: str,
+    fetcher: _Fetcher,
+    source: str,
+    records: Sequence[str] | None,
+    rates: tuple[int, ...],
+    workers: int,
+    progress: bool | None,
+    started: float,
+) -> DownloadReport:
+    dest = fetcher.dest
+    # 1. the checksum list, fetched on every run: it defines what a complete download is
+    try:
+        fetcher.fetch(CHECKSUMS_FILE, None)
+    except _FetchError as err:
+        if err.not_found:
+            raise UserError(
+                f"{spec.name} version {version} not found: no {CHECKSUMS_FILE} at "
+                f"{fetcher.url(CHECKSUMS_FILE)}; check the version (default "
+                f"{spec.default_version}) and that the base URL is PhysioNet's /files/ or a "
+                "mirror laid out like it"
+            ) from None
+        raise UserError(f"cannot download {CHECKSUMS_FILE}: {err}") from None
+    checksums = parse_checksums(
+        (dest / CHECKSUMS_FILE).read_text(encoding="utf-8", errors="replace"),
+        source=fetcher.url(CHECKSUMS_FILE),
+    )
+    index = _index_by_record(checksums)
+
+    # 2. RECORDS: verified when the checksum list has it
+    downloaded: list[str] = []
+    verified: list[str] = []
+    n_bytes = 0
+    try:
+        if RECORDS_FILE in checksums:
+            got, n = fetcher.ensure(RECORDS_FILE, checksums[RECORDS_FILE])
+            (downloaded if got else verified).append(RECORDS_FILE)
+            n_bytes += n
+        else:
+            fetcher.fetch(RECORDS_FILE, None)
+        listed = _parse_records(spec, (dest / RECORDS_FILE).read_text(encoding="utf-8"))
+    except _FetchError as err:
+        if not (err.not_found and RECORDS_FILE not in checksums):
+            raise UserError(f"cannot download {RECORDS_FILE}: {err}") from None
+        listed = sorted(r for r, paths in index.items() if any(p.endswith(".hea") for p in paths))
+        logger.warning(
+            "no %s at %s; taking the %d records with a header (.hea) in %s",
+            RECORDS_FILE,
+            fetcher.url(RECORDS_FILE),
+            len(listed),
+            CHECKSUMS_FILE,
+        )
+
+    # 3. which files
+    chosen, not_on_mirror = _select(spec, listed, index, records, rates, source)
+    plan = [name for name in spec.metadata if name in checksums]
+    for record in chosen:
+        plan.extend(sorted(index[record]))
+    plan = [p for p in dict.fromkeys(plan) if p != RECORDS_FILE]
+    logger.info(
+        "%s %s: %d records, %d files from %s", spec.name, version, len(chosen), len(plan), source
+    )
+
+    # 4. fetch in parallel; a per-file failure does not stop the others (they can be kept),
+    #    an unreachable host does
+    failures: list[str] = []
+    fatal: str | None = None
+    disable = None if progress is None else not progress
+    with (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download") as pool,
+        tqdm(total=len(plan), unit="file", desc=f"{spec.name} {version}", disable=disable) as bar,
+    ):
+        futures: dict[Future[tuple[bool, int]], str] = {
+            pool.submit(fetcher.ensure, rel, checksums[rel]): rel for rel in plan
+        }
+        try:
+            for future in as_completed(futures):
+                rel = futures[future]
+                bar.update(1)
+                try:
+                    got, n = future.result()
+                except CancelledError:
+                    continue
+                except (_FetchError, DownloadError) as err:
+                    failures.append(str(err))
+                    if isinstance(err, _FetchError) and err.fatal and fatal is None:
+                        fatal = str(err)
+                        # Future.cancel (not shutdown(cancel_futures=True), whose cancelled
+                        # futures never reach as_completed): skip the transfers not yet started
+                        for other in futures:
+                            other.cancel()
+                    continue
+                except OSError as err:  # e.g. a full disk
+                    failures.append(f"{rel}: {err.strerror or err}")
+                    continue
+                (downloaded if got else verified).append(rel)
+                n_bytes += n
+                bar.set_postfix_str(f"{n_bytes / 1e6:.1f} MB", refresh=False)
+        except BaseException:  # Ctrl-C: start no new transfer; running ones finish their file
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    if fatal is not None:
+        raise UserError(fatal)
+    if failures:
+        for message in failures:
+            logger.debug("failed: %s", message)
+        more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
+        raise DownloadError(
+            f"{len(failures)} of {len(plan)} files failed{more}: " + " | ".join(failures[:3])
+        )
+    return DownloadReport(
+        database=spec.name,
+        version=version,
+        destination=dest,
+        source=source,
+        n_records=len(chosen),
+        downloaded=tuple(downloaded),
+        verified=tuple(verified),
+        not_on_mirror=not_on_mirror,
+        bytes_downloaded=n_bytes,
+        seconds=time.perf_counter() - started,
+    )
