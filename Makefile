@@ -46,7 +46,7 @@ mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
 
 test: install
-	$(BIN)/pytest -m "not slow" -n 2
+	$(BIN)/pytest -m "not slow" -n 2 --dist loadgroup
 
 test-all: install
 	$(BIN)/pytest -n 2
@@ -61,7 +61,7 @@ bench: install
 	$(BIN)/python -m bench.serving
 
 stack: install
-	$(BIN)/python -m bench.stack
+	$(BIN)/python -m pipeline.stack $(STACK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
