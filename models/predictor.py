@@ -286,11 +286,34 @@ def predictor_from_model_dir(path: str | Path) -> Predictor:
     return cls(module, card)
 
 
-def load_predictor(model_uri: str, dst_dir: str | Path | None = None) -> Predictor:
-    """Download ``model_uri`` (e.g. ``models:/ecg-arrhythmia@champion``) and build its predictor."""
+def load_predictor(
+    model_uri: str, dst_dir: str | Path | None = None, *, tracking_uri: str | None = None
+) -> Predictor:
+    """Download ``model_uri`` (e.g. ``models:/ecg-arrhythmia@champion``) and build its predictor.
+
+    ``tracking_uri`` (also used as the registry URI) overrides MLflow's current one.
+    """
     import mlflow.artifacts
 
+    if tracking_uri is not None and model_uri.startswith("models:/"):
+        # MLflow resolves models:/ URIs against the global registry URI only; resolve it here.
+        model_uri = _models_uri_location(model_uri, tracking_uri)
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri=model_uri, dst_path=None if dst_dir is None else str(dst_dir)
+        artifact_uri=model_uri,
+        dst_path=None if dst_dir is None else str(dst_dir),
+        tracking_uri=tracking_uri,
+        registry_uri=tracking_uri,
     )
     return predictor_from_model_dir(local)
+
+
+def _models_uri_location(model_uri: str, tracking_uri: str) -> str:
+    """Storage location of ``models:/<name>/<version>``, ``@<alias>`` or ``models:/<model_id>``."""
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    parts = get_model_name_and_version(client, model_uri)
+    if len(parts) == 1:
+        return str(client.get_logged_model(parts[0]).artifact_location)
+    return str(client.get_model_version_download_uri(parts[0], parts[1]))

@@ -101,5 +101,22 @@ def prepare(
     typer.echo(f"dataset written to {path}")
 
 
+# --------------------------------------------------------------------------- serve
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+) -> None:
+    """Serve the registered models over HTTP (FastAPI ``service.main:app`` on uvicorn).
+
+    Models, alias, tracking URI, API key and limits come from ``ECG_SERVICE_*`` variables
+    (and ``MLFLOW_TRACKING_URI``); see service/settings.py.
+    """
+    import uvicorn
+
+    # The service logs every request itself (method, path, status, latency, n_samples).
+    uvicorn.run("service.main:app", host=host, port=port, access_log=False, log_config=None)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,397 @@
+"""HTTP endpoints: predictions, health/readiness, model information and reload.
+
+Prediction endpoints are plain ``def`` functions: FastAPI runs them in its threadpool, so the
+CPU-bound preprocessing and forward pass never block the event loop. Checks that need the loaded
+model's card (beat window, leads, record length) or the settings happen here and answer 422.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from models.predictor import ArrhythmiaPredictor, HeartDiseasePredictor
+from service.deps import (
+    ArrhythmiaModelDep,
+    HeartDiseaseModelDep,
+    HolderDep,
+    SettingsDep,
+    require_api_key,
+    require_json,
+)
+from service.registry_watch import LoadedModel, ModelHolder
+from service.schemas import (
+    ArrhythmiaBatchRequest,
+    ArrhythmiaBatchResponse,
+    ArrhythmiaRequest,
+    ArrhythmiaResponse,
+    ArrhythmiaResult,
+    ArrhythmiaSummary,
+    BeatOut,
+    ErrorResponse,
+    HealthResponse,
+    HeartDiseaseBatchRequest,
+    HeartDiseaseBatchResponse,
+    HeartDiseaseRequest,
+    HeartDiseaseResponse,
+    HeartDiseaseResult,
+    ModelInfo,
+    ModelRef,
+    ModelsResponse,
+    ModelStatus,
+    ReadyResponse,
+    ReloadOutcome,
+    ReloadResponse,
+    UnavailableModel,
+)
+from service.settings import ServiceSettings
+
+__all__ = ["admin_router", "ops_router", "predict_router"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest polyphase up/down factor accepted for resampling to the model's rate (cost guard).
+_MAX_RESAMPLE_FACTOR = 2000
+#: A heart-disease record must cover at least this share of the model's window.
+_MIN_RECORD_FRACTION = 0.9
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Body cannot be decoded (not UTF-8 JSON)."},
+    401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key (when one is set)."},
+    413: {"model": ErrorResponse, "description": "Request body larger than the configured limit."},
+    415: {"model": ErrorResponse, "description": "Body is not declared as JSON."},
+    422: {"model": ErrorResponse, "description": "The request is malformed; `detail` says how."},
+    503: {"model": ErrorResponse, "description": "The model is not loaded."},
+}
+
+predict_router = APIRouter(
+    prefix="/predict",
+    tags=["predict"],
+    dependencies=[Depends(require_api_key), Depends(require_json)],
+    responses=_ERRORS,
+)
+admin_router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_api_key)],
+    responses={401: _ERRORS[401], 422: _ERRORS[422]},
+)
+ops_router = APIRouter(tags=["operations"])
+
+
+# --------------------------------------------------------------------------- checks
+def _unprocessable(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+
+
+def _check_rate(fs: float, fs_model: float, where: str) -> None:
+    ratio = Fraction(fs_model).limit_denominator(1000) / Fraction(fs).limit_denominator(1000)
+    if max(ratio.numerator, ratio.denominator) > _MAX_RESAMPLE_FACTOR:
+        raise _unprocessable(
+            f"{where}fs={fs} Hz cannot be resampled cheaply to the model's {fs_model} Hz "
+            f"(ratio {ratio}); give fs as a whole number of Hz"
+        )
+
+
+def _check_duration(n: int, fs: float, min_s: float, max_s: float, where: str) -> None:
+    duration = n / fs
+    if duration > max_s:
+        raise _unprocessable(
+            f"{where}signal is {duration:.1f} s ({n} samples at {fs} Hz); at most {max_s:g} s "
+            "is accepted: split it into several requests or segments"
+        )
+    if n < math.ceil(min_s * fs - 1e-9):
+        raise _unprocessable(
+            f"{where}signal is {duration:.3f} s ({n} samples at {fs} Hz); at least {min_s:.2f} s "
+            f"({math.ceil(min_s * fs)} samples) is needed"
+        )
+
+
+def _segment_input(
+    req: ArrhythmiaRequest, predictor: ArrhythmiaPredictor, settings: ServiceSettings, where: str
+) -> tuple[np.ndarray, float, np.ndarray | None]:
+    cfg = predictor.card.preprocess
+    _check_duration(
+        len(req.signal),
+        req.fs,
+        cfg.beat_before_s + cfg.beat_after_s,
+        settings.max_signal_seconds,
+        where,
+    )
+    _check_rate(req.fs, cfg.fs_target, where)
+    signal = np.asarray(req.signal, dtype=np.float32)
+    peaks = None if req.r_peaks is None else np.asarray(req.r_peaks, dtype=np.int64)
+    return signal, req.fs, peaks
+
+
+def _record_input(
+    req: HeartDiseaseRequest,
+    predictor: HeartDiseasePredictor,
+    settings: ServiceSettings,
+    where: str,
+) -> tuple[tuple[np.ndarray, float, list[str]], list[str]]:
+    card = predictor.card
+    window_s = card.input_shape[0] / card.preprocess.fs_target
+    _check_duration(
+        len(req.signal), req.fs, _MIN_RECORD_FRACTION * window_s, settings.max_signal_seconds, where
+    )
+    _check_rate(req.fs, card.preprocess.fs_target, where)
+    leads = [name.strip() for name in req.leads]
+    given = {name.lower() for name in leads}
+    missing = [name for name in card.leads if name.lower() not in given]
+    if missing:
+        raise _unprocessable(
+            f"{where}missing leads {missing}: this model reads {list(card.leads)} "
+            f"(names are matched case-insensitively), the request has {req.leads}"
+        )
+    warnings = []
+    unused = [name for name in leads if name.lower() not in {w.lower() for w in card.leads}]
+    if unused:
+        warnings.append(f"leads {unused} are not used by this model")
+    if len(req.signal) / req.fs > window_s + 1e-9:
+        warnings.append(f"the model reads the first {window_s:g} s; the rest was ignored")
+    elif len(req.signal) / req.fs < window_s - 1e-9:
+        warnings.append(f"record shorter than {window_s:g} s: padded with its last value")
+    return (np.asarray(req.signal, dtype=np.float32), req.fs, leads), warnings
+
+
+def _finite(probabilities: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(probabilities)):
+        raise _unprocessable("the model produced non-finite outputs for this signal")
+    return probabilities
+
+
+def _model_ref(loaded: LoadedModel) -> ModelRef:
+    return ModelRef(
+        name=loaded.name, version=loaded.version, alias=loaded.alias, run_id=loaded.run_id
+    )
+
+
+# --------------------------------------------------------------------------- arrhythmia
+def _arrhythmia_results(
+    loaded: LoadedModel, requests: list[ArrhythmiaRequest], settings: ServiceSettings, batch: bool
+) -> list[ArrhythmiaResult]:
+    predictor = loaded.predictor
+    if not isinstance(predictor, ArrhythmiaPredictor):  # guarded by the holder; keeps mypy sure
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "wrong model kind loaded")
+    inputs = [
+        _segment_input(r, predictor, settings, f"segments[{i}]: " if batch else "")
+        for i, r in enumerate(requests)
+    ]
+    try:
+        predictions = predictor.predict_many(inputs)
+    except ValueError as err:
+        raise _unprocessable(str(err)) from err
+    classes = predictor.card.classes
+    results = []
+    for (signal, fs, given), pred in zip(inputs, predictions, strict=True):
+        probs = _finite(pred.probabilities)
+        labels = pred.labels
+        beats = [
+            BeatOut(
+                sample=int(s),
+                time_s=float(s) / fs,
+                label=label,
+                probabilities=dict(zip(classes, row.tolist(), strict=True)),
+            )
+            for s, label, row in zip(pred.r_peaks, labels, probs, strict=True)
+        ]
+        counts = {c: 0 for c in classes}
+        for label in labels:
+            counts[label] += 1
+        n = len(labels)
+        warnings = [] if n else ["no beats found: the segment may be too short, flat or noisy"]
+        results.append(
+            ArrhythmiaResult(
+                n_samples=len(signal),
+                duration_s=len(signal) / fs,
+                r_peaks_source="detected" if given is None else "given",
+                beats=beats,
+                summary=ArrhythmiaSummary(
+                    n_beats=n,
+                    counts=counts,
+                    abnormal_fraction=(n - counts.get("N", 0)) / n if n else None,
+                ),
+                warnings=warnings,
+            )
+        )
+    return results
+
+
+@predict_router.post("/arrhythmia", response_model=ArrhythmiaResponse)
+def predict_arrhythmia(
+    body: ArrhythmiaRequest, loaded: ArrhythmiaModelDep, settings: SettingsDep, request: Request
+) -> ArrhythmiaResponse:
+    """Classify every beat of one single-lead segment into AAMI classes (N, S, V, F, Q)."""
+    request.state.n_samples = len(body.signal)
+    (result,) = _arrhythmia_results(loaded, [body], settings, batch=False)
+    return ArrhythmiaResponse(**result.model_dump(), model=_model_ref(loaded))
+
+
+@predict_router.post("/arrhythmia/batch", response_model=ArrhythmiaBatchResponse)
+def predict_arrhythmia_batch(
+    body: ArrhythmiaBatchRequest,
+    loaded: ArrhythmiaModelDep,
+    settings: SettingsDep,
+    request: Request,
+) -> ArrhythmiaBatchResponse:
+    """Several segments (possibly at different rates) through one forward pass."""
+    request.state.n_samples = sum(len(s.signal) for s in body.segments)
+    if len(body.segments) > settings.max_batch_items:
+        raise _unprocessable(
+            f"{len(body.segments)} segments; at most {settings.max_batch_items} per request"
+        )
+    results = _arrhythmia_results(loaded, body.segments, settings, batch=True)
+    return ArrhythmiaBatchResponse(model=_model_ref(loaded), results=results)
+
+
+# --------------------------------------------------------------------------- heart disease
+def _heart_disease_results(
+    loaded: LoadedModel, requests: list[HeartDiseaseRequest], settings: ServiceSettings, batch: bool
+) -> list[HeartDiseaseResult]:
+    predictor = loaded.predictor
+    if not isinstance(predictor, HeartDiseasePredictor):
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "wrong model kind loaded")
+    prepared = [
+        _record_input(r, predictor, settings, f"records[{i}]: " if batch else "")
+        for i, r in enumerate(requests)
+    ]
+    try:
+        probs = _finite(predictor.predict_many([p[0] for p in prepared]))
+    except ValueError as err:
+        raise _unprocessable(str(err)) from err
+    disease = predictor.heart_disease_probability(probs)
+    classes = predictor.card.classes
+    return [
+        HeartDiseaseResult(
+            probabilities=dict(zip(classes, row.tolist(), strict=True)),
+            heart_disease_probability=float(p),
+            labels=[c for c, v in zip(classes, row, strict=True) if v >= 0.5],
+            warnings=warnings,
+        )
+        for row, p, (_, warnings) in zip(probs, disease, prepared, strict=True)
+    ]
+
+
+@predict_router.post("/heart-disease", response_model=HeartDiseaseResponse)
+def predict_heart_disease(
+    body: HeartDiseaseRequest, loaded: HeartDiseaseModelDep, settings: SettingsDep, request: Request
+) -> HeartDiseaseResponse:
+    """PTB-XL diagnostic superclass probabilities of one 12-lead record, and 1 - P(NORM)."""
+    request.state.n_samples = len(body.signal)
+    (result,) = _heart_disease_results(loaded, [body], settings, batch=False)
+    return HeartDiseaseResponse(**result.model_dump(), model=_model_ref(loaded))
+
+
+@predict_router.post("/heart-disease/batch", response_model=HeartDiseaseBatchResponse)
+def predict_heart_disease_batch(
+    body: HeartDiseaseBatchRequest,
+    loaded: HeartDiseaseModelDep,
+    settings: SettingsDep,
+    request: Request,
+) -> HeartDiseaseBatchResponse:
+    """Several records through one forward pass."""
+    request.state.n_samples = sum(len(r.signal) for r in body.records)
+    if len(body.records) > settings.max_batch_items:
+        raise _unprocessable(
+            f"{len(body.records)} records; at most {settings.max_batch_items} per request"
+        )
+    results = _heart_disease_results(loaded, body.records, settings, batch=True)
+    return HeartDiseaseBatchResponse(model=_model_ref(loaded), results=results)
+
+
+# --------------------------------------------------------------------------- operations
+@ops_router.get("/health", response_model=HealthResponse)
+async def health() -> HealthResponse:
+    """Liveness: the process answers (models may still be missing; see /ready)."""
+    return HealthResponse()
+
+
+def _statuses(holder: ModelHolder) -> list[ModelStatus]:
+    return [
+        ModelStatus(
+            task=slot.task,
+            name=slot.name,
+            alias=slot.alias,
+            loaded=slot.current is not None,
+            version=None if slot.current is None else slot.current.version,
+            error=slot.error if slot.current is None else None,
+            last_reload_error=slot.last_reload_error,
+            last_reload_at=slot.last_reload_at,
+        )
+        for slot in holder.slots.values()
+    ]
+
+
+@ops_router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "A configured model is missing."}},
+)
+async def ready(holder: HolderDep, response: Response) -> ReadyResponse:
+    """Readiness: 200 when every configured model is loaded, else 503 naming what is missing."""
+    if not holder.ready:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return ReadyResponse(ready=holder.ready, models=_statuses(holder))
+
+
+@ops_router.get("/models", response_model=ModelsResponse, responses={503: _ERRORS[503]})
+async def list_models(holder: HolderDep) -> ModelsResponse:
+    """The served versions: card (classes, leads, rates, preprocessing) and test metrics."""
+    models, unavailable = [], []
+    for slot in holder.slots.values():
+        loaded = slot.current
+        if loaded is None:
+            unavailable.append(
+                UnavailableModel(task=slot.task, name=slot.name, alias=slot.alias, error=slot.error)
+            )
+            continue
+        card = loaded.predictor.card
+        models.append(
+            ModelInfo(
+                task=loaded.task,
+                name=loaded.name,
+                alias=loaded.alias,
+                version=loaded.version,
+                run_id=loaded.run_id,
+                source=loaded.source,
+                loaded_at=loaded.loaded_at,
+                classes=list(card.classes),
+                leads=list(card.leads),
+                model_fs_hz=card.preprocess.fs_target,
+                input_shape=list(card.input_shape),
+                preprocess=card.preprocess.to_dict(),
+                architecture=card.architecture.to_dict(),
+                test_metrics=loaded.test_metrics,
+            )
+        )
+    return ModelsResponse(models=models, unavailable=unavailable)
+
+
+@admin_router.post("/reload", response_model=ReloadResponse, responses={503: _ERRORS[503]})
+async def reload_models(holder: HolderDep, force: bool = False) -> ReloadResponse:
+    """Re-resolve the alias of every model and swap in versions that changed.
+
+    A version that fails to load is reported here and in /ready; the previous one keeps serving.
+    ``force=true`` reloads even when the version is unchanged.
+    """
+    results = await run_in_threadpool(holder.reload_all, force=force)
+    outcomes = [
+        ReloadOutcome(
+            task=r.task,
+            name=r.name,
+            alias=r.alias,
+            previous_version=r.previous_version,
+            version=r.version,
+            changed=r.changed,
+            error=r.error,
+        )
+        for r in results
+    ]
+    return ReloadResponse(ok=all(o.error is None for o in outcomes), outcomes=outcomes)

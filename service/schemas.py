@@ -1,0 +1,315 @@
+"""Request and response bodies of the inference API (pydantic v2).
+
+Signals are JSON arrays of samples in millivolts at ``fs`` Hz: one lead ``[x0, x1, ...]`` for the
+arrhythmia model, ``[[lead0, lead1, ...], ...]`` rows of shape ``(n_samples, n_leads)`` for the
+heart-disease model (the layout of wfdb's ``p_signal``). Checks that need the loaded model (its
+beat window, its leads) or the settings (longest signal) happen in :mod:`service.routes`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "FS_MAX_HZ",
+    "FS_MIN_HZ",
+    "MAX_ABS_MV",
+    "ArrhythmiaBatchRequest",
+    "ArrhythmiaBatchResponse",
+    "ArrhythmiaRequest",
+    "ArrhythmiaResponse",
+    "ArrhythmiaResult",
+    "ArrhythmiaSummary",
+    "BeatOut",
+    "ErrorItem",
+    "ErrorResponse",
+    "HealthResponse",
+    "HeartDiseaseBatchRequest",
+    "HeartDiseaseBatchResponse",
+    "HeartDiseaseRequest",
+    "HeartDiseaseResponse",
+    "HeartDiseaseResult",
+    "ModelInfo",
+    "ModelRef",
+    "ModelStatus",
+    "ModelsResponse",
+    "ReadyResponse",
+    "ReloadOutcome",
+    "ReloadResponse",
+    "UnavailableModel",
+]
+
+#: Accepted input sampling rates, Hz (the model's own rate comes from its card).
+FS_MIN_HZ = 100.0
+FS_MAX_HZ = 1000.0
+#: Samples beyond +-1 V are not ECG in millivolts (microvolts or ADC units, most likely).
+MAX_ABS_MV = 1000.0
+
+Sample = Annotated[float, Field(ge=-MAX_ABS_MV, le=MAX_ABS_MV, allow_inf_nan=False)]
+SamplingRate = Annotated[
+    float,
+    Field(
+        ge=FS_MIN_HZ,
+        le=FS_MAX_HZ,
+        multiple_of=0.5,
+        allow_inf_nan=False,
+        description="Sampling rate of `signal` in Hz, 100-1000, a multiple of 0.5 Hz.",
+    ),
+]
+_STRICT = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- errors
+class ErrorItem(BaseModel):
+    """One problem with a request: where (``loc``) and what (``msg``)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer: ``detail`` says in one line what was wrong and what to do."""
+
+    detail: str
+    errors: list[ErrorItem] | None = None
+
+
+# --------------------------------------------------------------------------- shared
+class ModelRef(BaseModel):
+    """Which registered model version answered."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str | None = None
+
+
+# --------------------------------------------------------------------------- arrhythmia
+class ArrhythmiaRequest(BaseModel):
+    """One single-lead ECG segment (MLII-like), from one beat window (~0.7 s) to minutes long."""
+
+    model_config = _STRICT
+
+    fs: SamplingRate
+    signal: list[Sample] = Field(
+        min_length=1, description="One lead, raw samples in mV at `fs` Hz."
+    )
+    r_peaks: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Optional R-peak sample indices (strictly increasing, < len(signal)). "
+            "Omit to detect the beats (wfdb XQRS at the model's rate)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _peaks_inside_and_sorted(self) -> ArrhythmiaRequest:
+        if self.r_peaks is None:
+            return self
+        n = len(self.signal)
+        outside = [p for p in self.r_peaks if p >= n]
+        if outside:
+            raise ValueError(
+                f"r_peaks {outside[:5]} are outside the signal (indices must be < {n} samples)"
+            )
+        bad = next(
+            (i for i in range(1, len(self.r_peaks)) if self.r_peaks[i] <= self.r_peaks[i - 1]),
+            None,
+        )
+        if bad is not None:
+            raise ValueError(
+                f"r_peaks must be strictly increasing; r_peaks[{bad}]={self.r_peaks[bad]} "
+                f"follows {self.r_peaks[bad - 1]}"
+            )
+        return self
+
+
+class ArrhythmiaBatchRequest(BaseModel):
+    """Several segments, classified through one forward pass."""
+
+    model_config = _STRICT
+
+    segments: list[ArrhythmiaRequest] = Field(min_length=1)
+
+
+class BeatOut(BaseModel):
+    """One classified beat."""
+
+    sample: int = Field(description="R-peak index at the input rate.")
+    time_s: float = Field(description="R-peak time from the start of the segment, seconds.")
+    label: str = Field(description="Most probable AAMI class (N, S, V, F, Q).")
+    probabilities: dict[str, float]
+
+
+class ArrhythmiaSummary(BaseModel):
+    """Counts per class over the segment."""
+
+    n_beats: int
+    counts: dict[str, int]
+    abnormal_fraction: float | None = Field(
+        description="Share of beats not classified N; null when no beat was found."
+    )
+
+
+class ArrhythmiaResult(BaseModel):
+    """Beats and summary of one segment."""
+
+    n_samples: int
+    duration_s: float
+    r_peaks_source: Literal["given", "detected"]
+    beats: list[BeatOut]
+    summary: ArrhythmiaSummary
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ArrhythmiaResponse(ArrhythmiaResult):
+    """Answer for one segment."""
+
+    model: ModelRef
+
+
+class ArrhythmiaBatchResponse(BaseModel):
+    """Answers for several segments, in request order."""
+
+    model: ModelRef
+    results: list[ArrhythmiaResult]
+
+
+# --------------------------------------------------------------------------- heart disease
+class HeartDiseaseRequest(BaseModel):
+    """One multi-lead record (10 s, 12 standard leads for the PTB-XL model)."""
+
+    model_config = _STRICT
+
+    fs: SamplingRate
+    leads: list[Annotated[str, Field(min_length=1, max_length=16)]] = Field(
+        min_length=1,
+        max_length=16,
+        description="Lead names in column order (matched case-insensitively), e.g. I, II, V1.",
+    )
+    signal: list[Annotated[list[Sample], Field(min_length=1, max_length=16)]] = Field(
+        min_length=1,
+        description="Rows of shape (n_samples, n_leads): one row per sample, one column per lead.",
+    )
+
+    @model_validator(mode="after")
+    def _shape_and_leads(self) -> HeartDiseaseRequest:
+        lowered = [name.strip().lower() for name in self.leads]
+        dupes = sorted({name for name in self.leads if lowered.count(name.strip().lower()) > 1})
+        if dupes:
+            raise ValueError(f"duplicate lead names {dupes}; each lead must appear once")
+        width = len(self.leads)
+        bad = next((i for i, row in enumerate(self.signal) if len(row) != width), None)
+        if bad is not None:
+            raise ValueError(
+                f"signal must be (n_samples, n_leads) = (n, {width}) for leads {self.leads}; "
+                f"row {bad} has {len(self.signal[bad])} values"
+            )
+        return self
+
+
+class HeartDiseaseBatchRequest(BaseModel):
+    """Several records, one forward pass."""
+
+    model_config = _STRICT
+
+    records: list[HeartDiseaseRequest] = Field(min_length=1)
+
+
+class HeartDiseaseResult(BaseModel):
+    """Superclass probabilities of one record (multi-label: they need not sum to 1)."""
+
+    probabilities: dict[str, float]
+    heart_disease_probability: float = Field(description="1 - P(NORM).")
+    labels: list[str] = Field(description="Superclasses with probability >= 0.5.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class HeartDiseaseResponse(HeartDiseaseResult):
+    """Answer for one record."""
+
+    model: ModelRef
+
+
+class HeartDiseaseBatchResponse(BaseModel):
+    """Answers for several records, in request order."""
+
+    model: ModelRef
+    results: list[HeartDiseaseResult]
+
+
+# --------------------------------------------------------------------------- operations
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ModelStatus(BaseModel):
+    """Load state of one configured model."""
+
+    task: str
+    name: str
+    alias: str
+    loaded: bool
+    version: str | None = None
+    error: str | None = Field(default=None, description="Why no model is loaded.")
+    last_reload_error: str | None = Field(
+        default=None, description="The latest failed load; the previous version keeps serving."
+    )
+    last_reload_at: datetime | None = None
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    models: list[ModelStatus]
+
+
+class ModelInfo(BaseModel):
+    """A served model version, its card and the test metrics of its training run."""
+
+    task: str
+    name: str
+    alias: str
+    version: str
+    run_id: str | None
+    source: str
+    loaded_at: datetime
+    classes: list[str]
+    leads: list[str]
+    model_fs_hz: float = Field(description="Rate the model works at; inputs are resampled to it.")
+    accepted_fs_hz: tuple[float, float] = (FS_MIN_HZ, FS_MAX_HZ)
+    input_shape: list[int]
+    preprocess: dict[str, object]
+    architecture: dict[str, object]
+    test_metrics: dict[str, float]
+
+
+class UnavailableModel(BaseModel):
+    task: str
+    name: str
+    alias: str
+    error: str | None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    unavailable: list[UnavailableModel]
+
+
+class ReloadOutcome(BaseModel):
+    task: str
+    name: str
+    alias: str
+    previous_version: str | None
+    version: str | None
+    changed: bool
+    error: str | None = None
+
+
+class ReloadResponse(BaseModel):
+    ok: bool
+    outcomes: list[ReloadOutcome]
