@@ -1,0 +1,796 @@
+"""Build and load the processed datasets: ``ecg prepare mitdb`` and ``ecg prepare ptb-xl``.
+
+On-disk format (``format_version`` 1), one directory per dataset, ``<processed_root>/<name>/``:
+
+``arrays.npz`` (``np.savez``, uncompressed; strings as fixed-width unicode, no pickles)
+    mitdb, one item per labelled beat:
+      ``waves`` float32 ``(n, w)`` beat windows at ``cfg.fs_target`` (MLII, preprocessed),
+      ``rr`` float32 ``(n, f)`` RR features (computed over all beats of the record at 360 Hz),
+      ``labels`` int64 ``(n,)`` index into :data:`models.labels.AAMI_CLASSES`,
+      ``record``, ``patient``, ``split`` str ``(n,)``, ``sample`` int64 ``(n,)`` (R peak at the
+      record's own rate), ``symbol`` str ``(n,)`` (the MIT-BIH beat symbol).
+      Model input: ``assemble_beat_inputs(waves, rr)`` -> ``(n, w, 1 + f)``; identical to
+      ``beat_inputs(raw_mlii, 360, beat_samples, cfg)`` for the same record.
+    ptb-xl, one item per record:
+      ``signals`` float32 ``(n, 10 * fs_target, 12)``, ``labels`` float32 ``(n, 5)`` multi-hot in
+      :data:`models.labels.PTBXL_SUPERCLASSES` order, ``record`` (ecg_id), ``patient``, ``split``
+      str ``(n,)``, ``fold`` int64 ``(n,)`` (``strat_fold``, for patient-grouped cross-validation).
+``manifest.json``
+    format version, source database and version, the preprocessing config, classes, leads, rate,
+    model input shape, per-split records / patient counts / class counts, exclusions with reasons,
+    item count, SHA-256 of the arrays, creation time and code version.
+
+Splits are by patient. mitdb: the inter-patient split of de Chazal et al. (2004): DS2 is the test
+set, DS1 trains, with :data:`models.labels.MITDB_VAL_RECORDS` held out for validation; paced
+records are excluded (AAMI EC57) and so is 201 (the subject of DS2's 202). ptb-xl: the
+recommended ``strat_fold`` split of Wagner et al. (2020) / Strodthoff et al. (2021): folds 1-8
+train, 9 validation, 10 test.
+
+A dataset is built in a temporary sibling directory and swapped in by renaming, so an interrupted
+run never leaves a half-written dataset and the previous one stays valid until the swap.
+
+References
+----------
+de Chazal P, O'Dwyer M, Reilly RB. IEEE Trans Biomed Eng 51(7):1196-1206 (2004).
+Wagner P et al. PTB-XL, a large publicly available electrocardiography dataset. Sci Data 7:154
+(2020).
+Strodthoff N et al. IEEE J Biomed Health Inform 25(5):1519-1528 (2021).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.labels import (
+    AAMI_CLASSES,
+    DS1_RECORDS,
+    DS2_RECORDS,
+    EXCLUDED_FROM_TRAINING,
+    MITDB_SYMBOL_TO_AAMI,
+    MITDB_VAL_RECORDS,
+    PACED_RECORDS,
+    PTBXL_SUPERCLASSES,
+    WFDB_BEAT_SYMBOLS,
+)
+from models.preprocessing import PreprocessConfig, assemble_beat_inputs, beat_inputs
+from pipeline.errors import UserError
+from pipeline.records import (
+    MITDB_LEAD,
+    RecordError,
+    RecordMissingError,
+    read_annotations,
+    read_record,
+)
+
+__all__ = [
+    "DATASETS",
+    "FORMAT_VERSION",
+    "MITDB_PREPROCESS",
+    "PTBXL_PREPROCESS",
+    "SPLITS",
+    "Dataset",
+    "content_sha256",
+    "load_dataset",
+    "prepare_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Dataset name -> PhysioNet database directory.
+DATASETS: dict[str, str] = {"mitdb": "mitdb", "ptb-xl": "ptb-xl"}
+
+#: MIT-BIH beats: MLII at 125 Hz, median baseline removal and 0.5-40 Hz band-pass (de Chazal
+#: 2004), no normalisation of the record (each beat window has its median subtracted).
+MITDB_PREPROCESS = PreprocessConfig()
+
+#: PTB-XL 10-s, 12-lead records at their 100 Hz rate: no resampling; zero-phase 0.5-40 Hz
+#: band-pass only (the median baseline filter is left out: it would flatten ST-segment shifts that
+#: MI and STTC are read from; a zero-phase 0.5 Hz high-pass keeps them, Kligfield et al. 2007);
+#: each lead z-scored over the record, as in the PTB-XL benchmark (Strodthoff et al. 2021).
+PTBXL_PREPROCESS = PreprocessConfig(
+    fs_target=100.0, baseline="none", normalise="zscore", beat_normalise="none"
+)
+
+_PTBXL_SECONDS = 10.0
+_PTBXL_SPLIT_OF_FOLD = {**dict.fromkeys(range(1, 9), "train"), 9: "val", 10: "test"}
+_MANIFEST = "manifest.json"
+_ARRAYS = "arrays.npz"
+_VERSION_RE = re.compile(r"^\d+(\.\d+)*$")
+_REQUIRED_ARRAYS: dict[str, dict[str, str]] = {
+    "mitdb": {
+        "waves": "float32",
+        "rr": "float32",
+        "labels": "int64",
+        "record": "U",
+        "patient": "U",
+        "sample": "int64",
+        "split": "U",
+    },
+    "ptb-xl": {
+        "signals": "float32",
+        "labels": "float32",
+        "record": "U",
+        "patient": "U",
+        "split": "U",
+    },
+}
+
+
+# =========================================================================== loading
+@dataclass(frozen=True)
+class Dataset:
+    """A prepared dataset in memory.
+
+    Attributes
+    ----------
+    path : Path
+        The dataset directory.
+    manifest : dict
+        ``manifest.json``.
+    arrays : dict of str to np.ndarray
+        The contents of ``arrays.npz`` (see the module docstring for keys, shapes and dtypes).
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["dataset"])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.manifest["classes"])
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The preprocessing config the dataset was built with (serving must repeat it)."""
+        return PreprocessConfig.from_dict(self.manifest["preprocess"])
+
+    @property
+    def content_sha256(self) -> str:
+        return str(self.manifest["content_sha256"])
+
+    def __len__(self) -> int:
+        return int(self.arrays["split"].shape[0])
+
+    def mask(self, split: str | None = None) -> np.ndarray:
+        """Boolean ``(n,)`` mask of one split's items (all items when ``split`` is None)."""
+        if split is None:
+            return np.ones(len(self), dtype=bool)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return self.arrays["split"] == split
+
+    def inputs(self, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs and targets of a split.
+
+        Returns
+        -------
+        X : np.ndarray
+            float32 ``(n, T, C)``: mitdb ``(n, w, 1 + f)`` beat windows with RR channels
+            (:func:`models.preprocessing.assemble_beat_inputs`); ptb-xl ``(n, 1000, 12)``.
+        y : np.ndarray
+            mitdb int64 ``(n,)`` class indices; ptb-xl float32 ``(n, 5)`` multi-hot.
+        """
+        m = self.mask(split)
+        if self.name == "mitdb":
+            x = assemble_beat_inputs(self.arrays["waves"][m], self.arrays["rr"][m])
+        else:
+            x = np.ascontiguousarray(self.arrays["signals"][m], dtype=np.float32)
+        return x, self.arrays["labels"][m]
+
+    def records(self, split: str | None = None) -> list[str]:
+        """Sorted record names in a split."""
+        return sorted(set(self.arrays["record"][self.mask(split)].tolist()))
+
+    def patients(self, split: str | None = None) -> list[str]:
+        """Sorted patient ids in a split."""
+        return sorted(set(self.arrays["patient"][self.mask(split)].tolist()))
+
+
+def content_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every array's name, dtype, shape and bytes, in sorted key order."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(memoryview(a).cast("B"))  # type: ignore[arg-type]
+    return h.hexdigest()
+
+
+def load_dataset(path: Path | str, *, verify: bool = True) -> Dataset:
+    """Load a prepared dataset directory and check it is complete and unmodified.
+
+    Parameters
+    ----------
+    path : Path or str
+        ``<processed_root>/<name>``.
+    verify : bool
+        Recompute the content hash and compare it with the manifest (about 1 s per GB).
+
+    Raises
+    ------
+    UserError
+        The directory, manifest or arrays are missing, damaged, incomplete or do not match the
+        manifest; the message says what and to re-run ``ecg prepare <name>``.
+    """
+    path = Path(path)
+    name = path.name
+
+    def fail(what: str) -> UserError:
+        return UserError(f"dataset {path}: {what}; re-run `ecg prepare {name}`")
+
+    if not path.is_dir():
+        which = name if name in DATASETS else "mitdb|ptb-xl"
+        raise UserError(f"dataset {path} does not exist; build it with `ecg prepare {which}`")
+    try:
+        manifest = json.loads((path / _MANIFEST).read_text())
+    except FileNotFoundError:
+        raise fail(f"{_MANIFEST} is missing") from None
+    except (OSError, ValueError) as err:
+        raise fail(f"{_MANIFEST} is unreadable ({err})") from None
+    if not isinstance(manifest, dict):
+        raise fail(f"{_MANIFEST} is not a JSON object")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise fail(f"format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+    kind = manifest.get("dataset")
+    if kind not in _REQUIRED_ARRAYS:
+        raise fail(f"unknown dataset kind {kind!r} in {_MANIFEST}")
+    name = str(kind)
+    try:
+        with np.load(path / _ARRAYS, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise fail(f"{_ARRAYS} is missing") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise fail(f"{_ARRAYS} is damaged ({type(err).__name__}: {err})") from None
+
+    missing = [k for k in _REQUIRED_ARRAYS[name] if k not in arrays]
+    if missing:
+        raise fail(f"{_ARRAYS} lacks arrays {missing}")
+    for key, kind_ in _REQUIRED_ARRAYS[name].items():
+        a = arrays[key]
+        ok = a.dtype.kind == "U" if kind_ == "U" else a.dtype == np.dtype(kind_)
+        if not ok:
+            raise fail(f"array {key!r} has dtype {a.dtype}, expected {kind_}")
+    n = manifest.get("n_items")
+    lengths = {k: int(arrays[k].shape[0]) for k in _REQUIRED_ARRAYS[name]}
+    if set(lengths.values()) != {n}:
+        raise fail(f"array lengths {lengths} do not all equal n_items={n}")
+    bad_splits = sorted(set(arrays["split"].tolist()) - set(SPLITS))
+    if bad_splits:
+        raise fail(f"unknown split names {bad_splits}")
+    if verify:
+        digest = content_sha256(arrays)
+        if digest != manifest.get("content_sha256"):
+            raise fail(
+                f"content hash {digest[:12]} does not match the manifest's "
+                f"{str(manifest.get('content_sha256'))[:12]} (files changed or partly written)"
+            )
+    ds = Dataset(path=path, manifest=manifest, arrays=arrays)
+    shape = _input_shape(ds)
+    if shape != list(manifest.get("input_shape", [])):
+        raise fail(f"model input shape {shape} differs from the manifest's input_shape")
+    return ds
+
+
+def _input_shape(ds: Dataset) -> list[int]:
+    if ds.name == "mitdb":
+        return [int(ds.arrays["waves"].shape[1]), 1 + int(ds.arrays["rr"].shape[1])]
+    return [int(ds.arrays["signals"].shape[1]), int(ds.arrays["signals"].shape[2])]
+
+
+# =========================================================================== building
+def prepare_dataset(
+    dataset: str,
+    raw_root: Path,
+    processed_root: Path,
+    *,
+    version: str | None = None,
+    cfg: PreprocessConfig | None = None,
+    workers: int | None = None,
+) -> Path:
+    """Build ``<processed_root>/<dataset>/`` from the raw download under ``raw_root``.
+
+    Parameters
+    ----------
+    dataset : {"mitdb", "ptb-xl"}
+    raw_root : Path
+        Holds ``<db>/<version>/`` exactly as PhysioNet serves it.
+    processed_root : Path
+        Where the dataset directory goes (created if needed).
+    version : str, optional
+        Database version to use; default: the highest version downloaded.
+    cfg : PreprocessConfig, optional
+        Default :data:`MITDB_PREPROCESS` or :data:`PTBXL_PREPROCESS`.
+    workers : int, optional
+        Processes reading records in parallel (default: the CPU count, at most 8).
+
+    Returns
+    -------
+    Path
+        The dataset directory.
+
+    Raises
+    ------
+    UserError
+        Unknown dataset, no download, or no usable record in it.
+    """
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
+    database = DATASETS[dataset]
+    src, version = _source_dir(Path(raw_root), database, version)
+    workers = max(1, workers if workers is not None else min(os.cpu_count() or 1, 8))
+    t0 = time.perf_counter()
+    builder = _build_mitdb if dataset == "mitdb" else _build_ptbxl
+    cfg = cfg or (MITDB_PREPROCESS if dataset == "mitdb" else PTBXL_PREPROCESS)
+    arrays, manifest = builder(src, cfg, workers)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": dataset,
+        "source": {"database": database, "version": version},
+        "preprocess": cfg.to_dict(),
+        **manifest,
+        "fs": cfg.fs_target,
+        "n_items": int(arrays["split"].shape[0]),
+        "splits": _split_summary(arrays, manifest["classes"]),
+        "content_sha256": content_sha256(arrays),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_version": _code_version(),
+        "package_version": _package_version(),
+    }
+    _check_patients_disjoint(arrays)
+    out = _write_atomically(Path(processed_root), dataset, arrays, manifest)
+    logger.info(
+        "%s: %d items in %.1f s -> %s (%s)",
+        dataset,
+        manifest["n_items"],
+        time.perf_counter() - t0,
+        out,
+        ", ".join(
+            f"{s} {manifest['splits'][s]['counts']}" for s in SPLITS if s in manifest["splits"]
+        ),
+    )
+    return out
+
+
+def _source_dir(raw_root: Path, database: str, version: str | None) -> tuple[Path, str]:
+    """``<raw_root>/<database>/<version>`` (the highest version present when none is given)."""
+    hint = f"run `ecg download {database}`"
+    db_root = raw_root / database
+    if not db_root.is_dir():
+        raise UserError(f"no {database} download at {db_root}; {hint} first")
+    versions = sorted(
+        (p.name for p in db_root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)),
+        key=lambda v: tuple(int(x) for x in v.split(".")),
+    )
+    if version is None:
+        if not versions:
+            raise UserError(f"no version directory (e.g. 1.0.0) under {db_root}; {hint} first")
+        version = versions[-1]
+        if len(versions) > 1:
+            logger.info("%s: versions %s downloaded; using %s", database, versions, version)
+    elif version not in versions:
+        raise UserError(
+            f"{database} version {version} is not at {db_root / version} "
+            f"(present: {versions or 'none'}); run `ecg download {database} --version {version}`"
+        )
+    return db_root / version, version
+
+
+def _parallel_map(
+    fn: Callable[[Any], Any], items: list[Any], workers: int, chunksize: int = 1
+) -> Iterator[Any]:
+    """``map(fn, items)``, in a process pool when there are workers and items enough for one."""
+    if workers <= 1 or len(items) < 4:
+        yield from map(fn, items)
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        yield from pool.map(fn, items, chunksize=chunksize)
+
+
+def _excluded(reason: str, records: Iterable[str], limit: int = 200) -> dict[str, Any]:
+    recs = sorted(records)
+    entry: dict[str, Any] = {"reason": reason, "n_records": len(recs), "records": recs[:limit]}
+    if len(recs) > limit:
+        entry["records_truncated"] = True
+    return entry
+
+
+# --------------------------------------------------------------------------- mitdb
+def _mitdb_record(args: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """Worker: every labelled beat of one MIT-BIH record (or the error), for a process pool."""
+    stem, cfg_dict = args
+    cfg = PreprocessConfig.from_dict(cfg_dict)
+    name = Path(stem).name
+    try:
+        rec = read_record(stem, leads=[MITDB_LEAD])
+        ann = read_annotations(stem)
+    except RecordError as err:
+        return {"record": name, "error": str(err), "missing": isinstance(err, RecordMissingError)}
+    beats = ann.select(WFDB_BEAT_SYMBOLS)
+    if beats.sample.shape[0] == 0:
+        return {"record": name, "error": f"record {name}: no beat annotations", "missing": False}
+    # RR features see every beat; only beats with an AAMI class become items.
+    x = beat_inputs(rec.lead(MITDB_LEAD), rec.fs, beats.sample, cfg)
+    keep = np.isin(beats.symbol, sorted(MITDB_SYMBOL_TO_AAMI))
+    labels = np.array(
+        [AAMI_CLASSES.index(MITDB_SYMBOL_TO_AAMI[s]) for s in beats.symbol[keep]], dtype=np.int64
+    )
+    return {
+        "record": name,
+        "waves": np.ascontiguousarray(x[keep, :, 0]),
+        "rr": np.ascontiguousarray(x[keep, 0, 1:]),
+        "labels": labels,
+        "sample": beats.sample[keep],
+        "symbol": beats.symbol[keep],
+        "n_unmapped": int((~keep).sum()),
+        "fs": rec.fs,
+    }
+
+
+def _mitdb_split(record: str) -> str:
+    if record in DS2_RECORDS:
+        return "test"
+    return "val" if record in MITDB_VAL_RECORDS else "train"
+
+
+def _build_mitdb(
+    src: Path, cfg: PreprocessConfig, workers: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    wanted = sorted(DS1_RECORDS + DS2_RECORDS)
+    excluded: dict[str, Any] = {
+        "paced": _excluded("paced beats (AAMI EC57)", sorted(PACED_RECORDS)),
+    }
+    if EXCLUDED_FROM_TRAINING:
+        excluded["same_subject_as_test"] = _excluded(
+            "; ".join(f"{r}: {why}" for r, why in sorted(EXCLUDED_FROM_TRAINING.items())),
+            EXCLUDED_FROM_TRAINING,
+        )
+    wanted = [r for r in wanted if r not in EXCLUDED_FROM_TRAINING]
+    present = [r for r in wanted if (src / f"{r}.hea").is_file()]
+    absent = sorted(set(wanted) - set(present))
+
+    results = list(
+        _parallel_map(_mitdb_record, [(str(src / r), cfg.to_dict()) for r in present], workers)
+    )
+    missing = absent + [r["record"] for r in results if "error" in r and r["missing"]]
+    broken = {r["record"]: r["error"] for r in results if "error" in r and not r["missing"]}
+    good = [r for r in results if "error" not in r]
+    if missing:
+        logger.warning(
+            "mitdb: %d of %d records are not downloaded (%s); building from the %d present. "
+            "Run `ecg download mitdb` for the complete database.",
+            len(missing),
+            len(wanted),
+            ", ".join(sorted(missing)),
+            len(good),
+        )
+        excluded["not_downloaded"] = _excluded("files not on disk", missing)
+    for err in broken.values():
+        logger.warning("mitdb: skipping %s", err)
+    if broken:
+        excluded["unreadable"] = _excluded("; ".join(broken.values()), broken)
+    if not good:
+        raise UserError(
+            f"no usable mitdb record under {src} "
+            f"({len(missing)} missing, {len(broken)} unreadable); run `ecg download mitdb`"
+        )
+    n_unmapped = sum(r["n_unmapped"] for r in good)
+    if n_unmapped:
+        excluded["beats_without_aami_class"] = {"n_beats": n_unmapped}
+    for s in SPLITS:
+        if not any(_mitdb_split(r["record"]) == s for r in good):
+            logger.warning("mitdb: the %s split is empty (its records are not downloaded)", s)
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([r[key] for r in good])
+
+    def per_beat(fn: Callable[[str], str]) -> np.ndarray:
+        return np.concatenate([np.full(len(r["labels"]), fn(r["record"])) for r in good])
+
+    arrays: dict[str, np.ndarray] = {
+        "waves": cat("waves").astype(np.float32),
+        "rr": cat("rr").astype(np.float32),
+        "labels": cat("labels").astype(np.int64),
+        "record": per_beat(str),
+        # One subject per record once 201 (202's subject) is out.
+        "patient": per_beat(str),
+        "sample": cat("sample").astype(np.int64),
+        "symbol": cat("symbol").astype(str),
+        "split": per_beat(_mitdb_split),
+    }
+    w = int(arrays["waves"].shape[1])
+    manifest: dict[str, Any] = {
+        "classes": list(AAMI_CLASSES),
+        "leads": [MITDB_LEAD],
+        "channels": ["wave", *cfg.rr_features],
+        "input_shape": [w, 1 + len(cfg.rr_features)],
+        "raw_fs": sorted({float(r["fs"]) for r in good}),
+        "excluded": excluded,
+    }
+    return arrays, manifest
+
+
+# --------------------------------------------------------------------------- ptb-xl
+def _ptbxl_superclasses(table: Any, statements: Any) -> list[list[str]]:
+    """Diagnostic superclasses of each row: ``diagnostic == 1`` statements, likelihood > 0."""
+    diag = statements[statements["diagnostic"] == 1]["diagnostic_class"].dropna().to_dict()
+    out = []
+    for ecg_id, codes in zip(table.index, table["scp_codes"], strict=True):
+        try:
+            parsed = ast.literal_eval(codes) if isinstance(codes, str) else {}
+        except (ValueError, SyntaxError):
+            raise UserError(
+                f"ptb-xl: ecg_id {ecg_id}: unparseable scp_codes {codes!r} in ptbxl_database.csv; "
+                "re-run `ecg download ptb-xl`"
+            ) from None
+        classes = {diag[c] for c, lik in parsed.items() if c in diag and float(lik) > 0}
+        out.append([c for c in PTBXL_SUPERCLASSES if c in classes])
+    return out
+
+
+def _ptbxl_record(args: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """Worker: one preprocessed PTB-XL record (or the error), for a process pool."""
+    from models.preprocessing import preprocess_signal
+
+    stem, cfg_dict = args
+    cfg = PreprocessConfig.from_dict(cfg_dict)
+    try:
+        rec = read_record(stem)
+        x = preprocess_signal(rec.signal, rec.fs, cfg)
+    except RecordError as err:
+        return {"error": str(err), "missing": isinstance(err, RecordMissingError)}
+    except ValueError as err:  # NaN or empty signal
+        return {"error": f"record {Path(stem).name}: {err}", "missing": False}
+    return {"signal": x, "leads": rec.leads, "fs": rec.fs}
+
+
+def _build_ptbxl(
+    src: Path, cfg: PreprocessConfig, workers: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    import pandas as pd
+
+    table_path, scp_path = src / "ptbxl_database.csv", src / "scp_statements.csv"
+    for p in (table_path, scp_path):
+        if not p.is_file():
+            raise UserError(f"ptb-xl: {p} not found; run `ecg download ptb-xl`")
+    try:
+        table = pd.read_csv(table_path, index_col="ecg_id")
+        statements = pd.read_csv(scp_path, index_col=0)
+        table = table[["patient_id", "scp_codes", "strat_fold", "filename_lr"]]
+        statements = statements[["diagnostic", "diagnostic_class"]]
+    except (ValueError, KeyError, pd.errors.ParserError) as err:
+        raise UserError(
+            f"ptb-xl: cannot read the database tables in {src} ({err}); run `ecg download ptb-xl`"
+        ) from None
+    n_table = len(table)
+    on_disk = np.array([(src / f"{f}.hea").is_file() for f in table["filename_lr"]], dtype=bool)
+    excluded: dict[str, Any] = {}
+    if not on_disk.all():
+        not_there = [str(i) for i in table.index[~on_disk]]
+        logger.warning(
+            "ptb-xl: %d of the %d records in ptbxl_database.csv are not downloaded; using the %d "
+            "present (run `ecg download ptb-xl` for all)",
+            len(not_there),
+            n_table,
+            int(on_disk.sum()),
+        )
+        excluded["not_downloaded"] = _excluded("files not on disk", not_there, limit=0)
+    table = table[on_disk]
+    if table.empty:
+        raise UserError(
+            f"ptb-xl: none of the {n_table} records of ptbxl_database.csv are under {src}; "
+            "run `ecg download ptb-xl`"
+        )
+    classes = _ptbxl_superclasses(table, statements)
+    has_class = np.array([bool(c) for c in classes])
+    if not has_class.all():
+        none = [str(i) for i in table.index[~has_class]]
+        logger.info("ptb-xl: dropping %d records with no diagnostic superclass", len(none))
+        excluded["no_superclass"] = _excluded(
+            "no diagnostic statement with likelihood > 0 maps to a superclass", none
+        )
+    table = table[has_class]
+    classes = [c for c, k in zip(classes, has_class, strict=True) if k]
+
+    jobs = [(str(src / f), cfg.to_dict()) for f in table["filename_lr"]]
+    results = list(_parallel_map(_ptbxl_record, jobs, workers, chunksize=32))
+    n_expected = round(_PTBXL_SECONDS * cfg.fs_target)
+    leads: tuple[str, ...] | None = None
+    keep = np.zeros(len(results), dtype=bool)
+    signals: list[np.ndarray] = []
+    problems: dict[str, str] = {}
+    for i, (ecg_id, r) in enumerate(zip(table.index, results, strict=True)):
+        if "error" in r:
+            problems[str(ecg_id)] = r["error"]
+            continue
+        x = r["signal"]
+        if leads is None:
+            leads = tuple(r["leads"])
+        if tuple(r["leads"]) != leads:
+            if sorted(r["leads"]) != sorted(leads):
+                problems[str(ecg_id)] = f"leads {list(r['leads'])}, expected {list(leads)}"
+                continue
+            x = x[:, [r["leads"].index(lead) for lead in leads]]
+        if x.shape[0] != n_expected:
+            problems[str(ecg_id)] = f"{x.shape[0]} samples at {cfg.fs_target} Hz, not {n_expected}"
+            continue
+        keep[i] = True
+        signals.append(x)
+    for ecg_id, why in problems.items():
+        logger.warning("ptb-xl: skipping ecg_id %s: %s", ecg_id, why)
+    if problems:
+        excluded["unreadable"] = _excluded("unreadable or unexpected shape", problems)
+    if not signals:
+        raise UserError(f"ptb-xl: no usable record under {src}; run `ecg download ptb-xl`")
+    table = table[keep]
+    classes = [c for c, k in zip(classes, keep, strict=True) if k]
+    labels = np.zeros((len(table), len(PTBXL_SUPERCLASSES)), dtype=np.float32)
+    for i, cs in enumerate(classes):
+        labels[i, [PTBXL_SUPERCLASSES.index(c) for c in cs]] = 1.0
+    folds = table["strat_fold"].to_numpy(dtype=np.int64)
+    bad_folds = sorted(set(folds.tolist()) - set(_PTBXL_SPLIT_OF_FOLD))
+    if bad_folds:
+        raise UserError(f"ptb-xl: unexpected strat_fold values {bad_folds} in {table_path}")
+    arrays = {
+        "signals": np.stack(signals).astype(np.float32, copy=False),
+        "labels": labels,
+        "record": np.array([str(i) for i in table.index]),
+        "patient": np.array([str(int(p)) for p in table["patient_id"]]),
+        "split": np.array([_PTBXL_SPLIT_OF_FOLD[int(f)] for f in folds]),
+        "fold": folds,
+    }
+    leads = leads or ()
+    manifest = {
+        "classes": list(PTBXL_SUPERCLASSES),
+        "leads": list(leads),
+        "channels": list(leads),
+        "input_shape": [n_expected, len(leads)],
+        "raw_fs": sorted({float(r["fs"]) for r in results if "fs" in r}),
+        "excluded": excluded,
+    }
+    return arrays, manifest
+
+
+# --------------------------------------------------------------------------- shared
+def _split_summary(arrays: dict[str, np.ndarray], classes: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    labels = arrays["labels"]
+    for s in SPLITS:
+        m = arrays["split"] == s
+        if labels.ndim == 1:
+            counts = np.bincount(labels[m], minlength=len(classes))
+        else:
+            counts = labels[m].sum(axis=0)
+        out[s] = {
+            "records": sorted(set(arrays["record"][m].tolist())),
+            "patients": len(set(arrays["patient"][m].tolist())),
+            "n_items": int(m.sum()),
+            "counts": {c: int(n) for c, n in zip(classes, counts, strict=True)},
+        }
+    return out
+
+
+def _check_patients_disjoint(arrays: dict[str, np.ndarray]) -> None:
+    seen: dict[str, str] = {}
+    for patient, split in set(
+        zip(arrays["patient"].tolist(), arrays["split"].tolist(), strict=True)
+    ):
+        if seen.setdefault(patient, split) != split:
+            raise UserError(
+                f"patient {patient} appears in splits {seen[patient]!r} and {split!r}; the "
+                "source's patient ids or folds are inconsistent, re-download the database"
+            )
+
+
+def _code_version() -> str | None:
+    """``git describe`` of this checkout, or None outside a git work tree."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _package_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ecg-service")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(root: Path, name: str) -> None:
+    """Remove temp dirs left by killed runs (their pid is gone) for this dataset."""
+    for p in root.glob(f".{name}.*-*"):
+        m = re.match(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)-", p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(2))):
+            logger.info("removing %s left by an interrupted run", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _write_atomically(
+    root: Path, name: str, arrays: dict[str, np.ndarray], manifest: dict[str, Any]
+) -> Path:
+    """Write into ``.<name>.tmp-<pid>-*`` next to the target, then rename it into place."""
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(root, name)
+    target = root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not secret
+    old: Path | None = None
+    try:
+        _write_arrays(tmp / _ARRAYS, arrays)
+        _write_manifest(tmp / _MANIFEST, manifest)
+        _fsync_dir_files(tmp)
+        if target.exists():
+            # rename() cannot replace a non-empty directory: move the old one aside first.
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-{os.getpid()}-", dir=root))
+            os.replace(target, old / name)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if old is not None:
+                os.replace(old / name, target)
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _fsync_dir_files(directory: Path) -> None:
+    for p in directory.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
