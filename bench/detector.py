@@ -45,7 +45,16 @@ logger = logging.getLogger(__name__)
 
 VARIANTS: tuple[str, ...] = ("mlii360", "mlii125", "lead0_360", "xqrs360", "xqrs125")
 TOLERANCE_S = 0.150
-_DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "physionet"
+_SHARED_ROOT = Path(__file__).resolve().parents[2] / "shared" / "physionet"
+
+
+def default_raw_root() -> Path:
+    """This machine's PhysioNet mirror when there is one, else the pipeline's raw data dir."""
+    if (_SHARED_ROOT / "mitdb").is_dir():
+        return _SHARED_ROOT
+    from pipeline.settings import get_settings
+
+    return get_settings().raw_dir
 
 
 def match_beats(
@@ -169,12 +178,13 @@ def summarise(results: list[dict[str, Any]], variants: list[str]) -> dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--raw-root", type=Path, default=_DEFAULT_ROOT)
+    parser.add_argument("--raw-root", type=Path, default=None, help="default: mirror or data/raw")
     parser.add_argument("--records", help="comma-separated (default: all in RECORDS)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path, help="write per-record and pooled results here")
     args = parser.parse_args(argv)
+    args.raw_root = args.raw_root or default_raw_root()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     db = args.raw_root / "mitdb" / "1.0.0"

@@ -22,11 +22,21 @@ import time
 from pathlib import Path
 
 from pipeline.datasets import load_dataset, prepare_dataset
+from pipeline.errors import UserError
 from pipeline.records import read_record
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "physionet"
+_SHARED_ROOT = Path(__file__).resolve().parents[2] / "shared" / "physionet"
+
+
+def default_raw_root() -> Path:
+    """This machine's PhysioNet mirror when there is one, else the pipeline's raw data dir."""
+    if (_SHARED_ROOT / "mitdb").is_dir():
+        return _SHARED_ROOT
+    from pipeline.settings import get_settings
+
+    return get_settings().raw_dir
 
 
 def ecg_hours(dataset_dir: Path, raw_root: Path) -> float:
@@ -42,23 +52,28 @@ def ecg_hours(dataset_dir: Path, raw_root: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--raw-root", type=Path, default=_DEFAULT_ROOT)
+    parser.add_argument("--raw-root", type=Path, default=None, help="default: mirror or data/raw")
     parser.add_argument("--dataset", default="mitdb", choices=["mitdb", "ptb-xl"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="default: CPU count, max 8")
     args = parser.parse_args(argv)
+    args.raw_root = args.raw_root or default_raw_root()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     times = []
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
         for i in range(args.repeats):
             t0 = time.perf_counter()
-            out = prepare_dataset(
-                args.dataset,
-                raw_root=args.raw_root,
-                processed_root=Path(tmp),
-                workers=args.workers,
-            )
+            try:
+                out = prepare_dataset(
+                    args.dataset,
+                    raw_root=args.raw_root,
+                    processed_root=Path(tmp),
+                    workers=args.workers,
+                )
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
             times.append(time.perf_counter() - t0)
             print(f"run {i + 1}: {times[-1]:.2f} s")
         hours = ecg_hours(out, args.raw_root)

@@ -260,9 +260,7 @@ def test_detector_on_the_shipped_excerpts(record: str, fs_in: float) -> None:
 
 @pytest.mark.parametrize("record", ["100", "219"])
 @pytest.mark.parametrize("fs_in", [360.0, 125.0])
-def test_detector_se_and_pp_on_full_records(
-    mitdb_dir: Path, record: str, fs_in: float
-) -> None:
+def test_detector_se_and_pp_on_full_records(mitdb_dir: Path, record: str, fs_in: float) -> None:
     raw = read_record(mitdb_dir / record).lead("MLII")
     ref = read_annotations(mitdb_dir / record).select(WFDB_BEAT_SYMBOLS).sample
     x = raw if fs_in == 360.0 else resample(raw, 360.0, fs_in)

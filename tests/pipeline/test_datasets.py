@@ -94,7 +94,7 @@ def test_fixture_build_has_contract_arrays_and_manifest(fixture_dataset: Path) -
     x, y = ds.inputs("train")
     assert x.shape == (int((a["split"] == "train").sum()), 87, 5) and x.dtype == np.float32
     assert y.dtype == np.int64
-    with pytest.raises(ValueError, match="unknown split"):
+    with pytest.raises(ValueError, match=r"unknown split"):
         ds.inputs("validation")
 
 
@@ -108,16 +108,16 @@ def test_partial_download_warns_and_names_the_missing(
 
 
 def test_missing_or_empty_download_is_a_user_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="no mitdb download.*ecg download mitdb"):
+    with pytest.raises(UserError, match=r"no mitdb download.*ecg download mitdb"):
         prepare_dataset("mitdb", raw_root=tmp_path, processed_root=tmp_path / "out")
     (tmp_path / "mitdb" / "1.0.0").mkdir(parents=True)
-    with pytest.raises(UserError, match="no usable mitdb record.*ecg download mitdb"):
+    with pytest.raises(UserError, match=r"no usable mitdb record.*ecg download mitdb"):
         prepare_dataset("mitdb", raw_root=tmp_path, processed_root=tmp_path / "out")
-    with pytest.raises(UserError, match="version 9.9 is not"):
+    with pytest.raises(UserError, match=r"version 9.9 is not"):
         prepare_dataset("mitdb", raw_root=tmp_path, processed_root=tmp_path / "out", version="9.9")
-    with pytest.raises(UserError, match="unknown dataset 'mimic'"):
+    with pytest.raises(UserError, match=r"unknown dataset 'mimic'"):
         prepare_dataset("mimic", raw_root=tmp_path, processed_root=tmp_path / "out")
-    with pytest.raises(UserError, match="no ptb-xl download.*ecg download ptb-xl"):
+    with pytest.raises(UserError, match=r"no ptb-xl download.*ecg download ptb-xl"):
         prepare_dataset("ptb-xl", raw_root=tmp_path, processed_root=tmp_path / "out")
     assert not (tmp_path / "out" / "mitdb").exists()
 
@@ -144,7 +144,7 @@ def test_failed_rebuild_leaves_the_old_dataset_and_no_temp(
         raise OSError("disk full")
 
     monkeypatch.setattr(datasets, "_write_manifest", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match=r"disk full"):
         prepare_dataset("mitdb", raw_root=FIXTURE_ROOT, processed_root=root)
     assert sorted(p.name for p in root.iterdir()) == ["mitdb"]
     after = load_dataset(fixture_dataset)
@@ -166,7 +166,7 @@ def test_rebuild_replaces_and_removes_stale_temps(fixture_dataset: Path) -> None
 
 def test_load_rejects_missing_damaged_or_changed_datasets(fixture_dataset: Path) -> None:
     root = fixture_dataset.parent
-    with pytest.raises(UserError, match="does not exist.*ecg prepare ptb-xl"):
+    with pytest.raises(UserError, match=r"does not exist.*ecg prepare ptb-xl"):
         load_dataset(root / "ptb-xl")
     arrays = fixture_dataset / "arrays.npz"
     manifest = fixture_dataset / "manifest.json"
@@ -177,27 +177,27 @@ def test_load_rejects_missing_damaged_or_changed_datasets(fixture_dataset: Path)
         content = {k: z[k] for k in z.files}
     content["labels"][0] = (content["labels"][0] + 1) % 5
     np.savez(arrays, **content)
-    with pytest.raises(UserError, match="content hash .* does not match.*ecg prepare mitdb"):
+    with pytest.raises(UserError, match=r"content hash .* does not match.*ecg prepare mitdb"):
         load_dataset(fixture_dataset)
     arrays.write_bytes(good_arrays[: len(good_arrays) // 2])
-    with pytest.raises(UserError, match="arrays.npz is damaged.*ecg prepare mitdb"):
+    with pytest.raises(UserError, match=r"arrays.npz is damaged.*ecg prepare mitdb"):
         load_dataset(fixture_dataset)
     arrays.unlink()
-    with pytest.raises(UserError, match="arrays.npz is missing"):
+    with pytest.raises(UserError, match=r"arrays.npz is missing"):
         load_dataset(fixture_dataset)
     arrays.write_bytes(good_arrays)
 
     manifest.write_text(good_manifest[:50])
-    with pytest.raises(UserError, match="manifest.json is unreadable"):
+    with pytest.raises(UserError, match=r"manifest.json is unreadable"):
         load_dataset(fixture_dataset)
     manifest.write_text(json.dumps({**json.loads(good_manifest), "format_version": 0}))
-    with pytest.raises(UserError, match="format_version 0"):
+    with pytest.raises(UserError, match=r"format_version 0"):
         load_dataset(fixture_dataset)
     manifest.write_text(json.dumps({**json.loads(good_manifest), "n_items": 3}))
-    with pytest.raises(UserError, match="n_items=3"):
+    with pytest.raises(UserError, match=r"n_items=3"):
         load_dataset(fixture_dataset)
     manifest.unlink()
-    with pytest.raises(UserError, match="manifest.json is missing"):
+    with pytest.raises(UserError, match=r"manifest.json is missing"):
         load_dataset(fixture_dataset)
     manifest.write_text(good_manifest)
     assert len(load_dataset(fixture_dataset)) > 0
@@ -324,7 +324,7 @@ def test_ptbxl_partial_and_empty_download(tmp_path: Path, ptbxl_dir: Path) -> No
     (src / "records100" / "00000").mkdir(parents=True)
     for name in ("ptbxl_database.csv", "scp_statements.csv"):
         os.symlink(ptbxl_dir / name, src / name)
-    with pytest.raises(UserError, match="none of the 21837 records.*ecg download ptb-xl"):
+    with pytest.raises(UserError, match=r"none of the 21837 records.*ecg download ptb-xl"):
         prepare_dataset("ptb-xl", raw_root=tmp_path / "raw", processed_root=tmp_path)
     for ecg_id in (1, 2, 3, 17):  # 17 has no superclass
         for ext in ("hea", "dat"):
@@ -334,5 +334,5 @@ def test_ptbxl_partial_and_empty_download(tmp_path: Path, ptbxl_dir: Path) -> No
     assert ds.records() == ["1", "2", "3"]
     assert ds.manifest["excluded"]["no_superclass"]["records"] == ["17"]
     (src / "scp_statements.csv").unlink()
-    with pytest.raises(UserError, match="scp_statements.csv not found"):
+    with pytest.raises(UserError, match=r"scp_statements.csv not found"):
         prepare_dataset("ptb-xl", raw_root=tmp_path / "raw", processed_root=tmp_path)
