@@ -46,7 +46,7 @@ mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
 
 test: install
-	$(BIN)/pytest -m "not slow" -n 2 --dist loadgroup
+	$(BIN)/pytest -m "not slow" -n 2
 
 test-all: install
 	$(BIN)/pytest -n 2

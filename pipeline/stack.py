@@ -57,7 +57,8 @@ __all__ = [
     "postgres_server",
 ]
 
-logger = logging.getLogger(__name__)
+# Named as the module even when run as ``python -m pipeline.stack`` (``__name__ == "__main__"``).
+logger = logging.getLogger("pipeline.stack")
 
 #: Where Debian/Ubuntu (``apt-get install postgresql``), RHEL and source builds put the server.
 _PG_BIN_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin")
@@ -554,15 +555,36 @@ class Stack:
 
     def client_env(self) -> dict[str, str]:
         """Environment variables that point training, serving and MLflow clients at the stack."""
-        return {"MLFLOW_TRACKING_URI": self.mlflow_url, "ECG_MLFLOW_TRACKING_URI": self.mlflow_url}
+        return {
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            # The pipeline's and the service's own settings win over MLflow's variable (and may
+            # be set in a .env file): point them at the stack too.
+            "ECG_MLFLOW_TRACKING_URI": self.mlflow_url,
+            "ECG_SERVICE_MLFLOW_TRACKING_URI": self.mlflow_url,
+        }
 
     def run(
-        self, args: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 3600
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 3600,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command (e.g. ``["ecg", "train", ...]``) against the stack; raise if it fails."""
+        """Run a command (e.g. ``["ecg", "train", ...]``) against the stack; raise if it fails.
+
+        It runs in ``cwd`` (default: the stack's workdir, so nothing lands in the caller's
+        directory) with :meth:`client_env` and ``env`` added to this process's environment.
+        """
         full_env = {**os.environ, **self.client_env(), **(env or {})}
         result = subprocess.run(
-            list(args), env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+            list(args),
+            env=full_env,
+            cwd=cwd or self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if result.returncode != 0:
             raise StackError(
@@ -578,6 +600,7 @@ class Stack:
         host: str = "127.0.0.1",
         env: Mapping[str, str] | None = None,
         command: Sequence[str] | None = None,
+        cwd: Path | None = None,
         timeout: float = 120.0,
     ) -> str:
         """Start the prediction API against this stack's MLflow server; return its base URL.
@@ -593,6 +616,8 @@ class Stack:
         command : sequence of str, optional
             Replaces the default :func:`api_command` (``ecg serve``); ``{host}`` and ``{port}``
             in it are filled in.
+        cwd : Path, optional
+            Working directory (where a ``.env`` file would be read); default the workdir.
         timeout : float
             Seconds to wait for ``GET /health`` to answer 200.
         """
@@ -609,7 +634,7 @@ class Stack:
             cmd,
             self.workdir / "logs" / "api.log",
             env={**os.environ, **self.client_env(), **(env or {})},
-            cwd=self.workdir,
+            cwd=cwd or self.workdir,
         )
         self._exit_stack.callback(proc.stop)
         self.processes.append(proc)
@@ -738,7 +763,17 @@ def _bring_up(stack: Stack, args: argparse.Namespace) -> int:
                 check=True,
             )
     if not args.no_api:
-        stack.start_api(port=args.api_port)
+        # From the current directory (a .env there configures the service, as for `make serve`);
+        # it picks up champions registered later within 30 s.
+        stack.start_api(
+            port=args.api_port,
+            cwd=Path.cwd(),
+            env={
+                "ECG_SERVICE_RELOAD_INTERVAL_S": os.environ.get(
+                    "ECG_SERVICE_RELOAD_INTERVAL_S", "30"
+                )
+            },
+        )
     lines = [
         "",
         f"PostgreSQL   127.0.0.1:{stack.postgres.port} (cluster in {stack.workdir}/pgdata)",

@@ -24,8 +24,7 @@ from pipeline.stack import (
     local_stack,
 )
 
-# `make test` runs `--dist loadgroup`: these tests share one xdist worker, so one stack starts.
-pytestmark = [pytest.mark.stack, pytest.mark.xdist_group("stack")]
+pytestmark = pytest.mark.stack
 
 
 def _require_postgres() -> None:
@@ -36,9 +35,13 @@ def _require_postgres() -> None:
         )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    """PostgreSQL + ``mlflow server`` in a temporary directory, shared by this module's tests."""
+    """PostgreSQL + ``mlflow server`` in a temporary directory, shared by this module's tests.
+
+    Session-scoped: under xdist, tests of other modules run in between, which would tear a
+    module-scoped stack down and start it again; at most one stack per worker this way.
+    """
     _require_postgres()
     with local_stack(durable=False) as running:
         yield running
@@ -228,3 +231,120 @@ def test_missing_postgres_binaries_give_a_clear_error(
     ):
         pass
     assert not (tmp_path / "pgdata").exists()
+
+
+# --------------------------------------------------------------------------- end to end
+MITDB_RECORDS = ("106", "209", "223", "100")  # DS1 train (V, S), DS1 validation, DS2 test
+PTBXL_IDS = range(1, 101)  # folds 1-10 among them
+TINY_TRAINING = ("--epochs", "1", "--hidden-size", "8", "--no-progress")
+
+
+def _cli_commands() -> set[str]:
+    from pipeline.cli import app
+
+    return {c.name or c.callback.__name__ for c in app.registered_commands if c.callback}
+
+
+def _post(url: str, body: dict) -> dict:
+    import json
+
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+def _get_json(url: str) -> dict:
+    import json
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_train_register_and_serve_through_the_stack(
+    stack: Stack, physionet_mirror: str, mitdb_dir: Path, ptbxl_dir: Path, tmp_path: Path
+) -> None:
+    """download -> prepare -> train + register (both tasks) -> API, all against the server."""
+    missing = {"download", "prepare", "train", "serve"} - _cli_commands()
+    if missing:
+        pytest.skip(f"`ecg {'/'.join(sorted(missing))}` not implemented yet")
+    import wfdb
+    from mlflow import MlflowClient
+
+    from models.predictor import load_predictor
+
+    env = {"ECG_DATA_DIR": str(tmp_path / "data"), "ECG_PHYSIONET_URL": physionet_mirror}
+    ecg = [sys.executable, "-m", "pipeline.cli"]
+    ptbxl_records = ",".join(f"{i:05d}_lr" for i in PTBXL_IDS)
+    for args in (
+        ["download", "mitdb", "--records", ",".join(MITDB_RECORDS), "--no-progress"],
+        ["download", "ptb-xl", "--records", ptbxl_records, "--no-progress"],
+        ["prepare", "mitdb"],
+        ["prepare", "ptb-xl"],
+        ["train", "--dataset", "mitdb", "--model", "gru", *TINY_TRAINING, "--register"],
+        ["train", "--dataset", "ptb-xl", "--model", "lstm", *TINY_TRAINING, "--register"],
+    ):
+        stack.run([*ecg, *args], env=env, timeout=600)
+
+    # Registered on the server, each first version the champion.
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    champions = {
+        name: client.get_model_version_by_alias(name, "champion")
+        for name in ("ecg-arrhythmia", "ecg-heart-disease")
+    }
+    assert {name: mv.version for name, mv in champions.items()} == {
+        "ecg-arrhythmia": "1",
+        "ecg-heart-disease": "1",
+    }
+    params = client.get_run(champions["ecg-heart-disease"].run_id).data.params
+    assert params["train.model"] == "lstm"
+    # promote is idempotent on the champion itself
+    promoted = stack.run([*ecg, "promote", "--model-name", "ecg-arrhythmia", "--version", "1"])
+    assert promoted.returncode == 0
+
+    api = stack.start_api()
+    assert _get_json(f"{api}/ready")["ready"] is True
+
+    # A real MIT-BIH segment: record 100 (DS2, never trained on), MLII, 10 s at 360 Hz.
+    record = wfdb.rdrecord(str(mitdb_dir / "100"), sampto=3600)
+    mlii = record.p_signal[:, record.sig_name.index("MLII")].astype(float)
+    answer = _post(f"{api}/predict/arrhythmia", {"fs": 360, "signal": mlii.tolist()})
+    assert answer["model"] == {
+        "name": "ecg-arrhythmia",
+        "version": "1",
+        "alias": "champion",
+        "run_id": champions["ecg-arrhythmia"].run_id,
+    }
+    reference = wfdb.rdann(str(mitdb_dir / "100"), "atr", sampto=3600)
+    n_reference = sum(symbol in "NLRejAaJSVEFfQ/" for symbol in reference.symbol)
+    assert abs(answer["summary"]["n_beats"] - n_reference) <= 2
+    # The same model pulled from the registry in-process gives the same answer (no skew).
+    local = load_predictor(
+        "models:/ecg-arrhythmia@champion", tmp_path / "dl-arr", tracking_uri=stack.mlflow_url
+    )
+    expected = local.predict(mlii.astype(np.float32), 360.0)
+    assert [b["sample"] for b in answer["beats"]] == expected.r_peaks.tolist()
+    assert [b["label"] for b in answer["beats"]] == expected.labels
+    got = np.array([[b["probabilities"][c] for c in expected.classes] for b in answer["beats"]])
+    np.testing.assert_allclose(got, expected.probabilities, atol=1e-5)
+
+    # A real PTB-XL record outside the downloaded subset: 12 leads, 10 s at 100 Hz.
+    rec = wfdb.rdrecord(str(ptbxl_dir / "records100" / "00000" / "00150_lr"))
+    body = {"fs": 100, "leads": rec.sig_name, "signal": rec.p_signal.tolist()}
+    answer = _post(f"{api}/predict/heart-disease", body)
+    assert answer["model"]["name"] == "ecg-heart-disease"
+    assert answer["model"]["version"] == "1"
+    assert set(answer["probabilities"]) == {"NORM", "MI", "STTC", "CD", "HYP"}
+    assert answer["heart_disease_probability"] == pytest.approx(
+        1.0 - answer["probabilities"]["NORM"], abs=1e-6
+    )
+    assert set(answer["labels"]) == {c for c, p in answer["probabilities"].items() if p >= 0.5}
+    local_hd = load_predictor(
+        "models:/ecg-heart-disease@champion", tmp_path / "dl-hd", tracking_uri=stack.mlflow_url
+    )
+    probs = local_hd.predict_many([(rec.p_signal.astype(np.float32), 100.0, rec.sig_name)])[0]
+    np.testing.assert_allclose(
+        [answer["probabilities"][c] for c in local_hd.card.classes], probs, atol=1e-5
+    )
