@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,9 +10,9 @@ import pytest
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
-from training_data import build_tiny_mitdb  # noqa: E402
+from training_data import build_tiny_mitdb
 
-from pipeline.train import TrainConfig, train  # noqa: E402
+from pipeline.train import TrainConfig, train
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -67,7 +66,6 @@ def test_review_models_runs_against_a_registered_champion(
         monkeypatch,
     )
     text = _stream_text(nb)
-    print(text)
     assert "ecg-arrhythmia v" in text and "@champion" in text
     assert "agreement" in text
     assert "'n_beats'" in text  # the API's answer summary
