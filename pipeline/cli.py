@@ -106,6 +106,14 @@ def prepare(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes (each loads the models; with >1, reload by polling: "
+            "ECG_SERVICE_RELOAD_INTERVAL_S, as POST /admin/reload reaches one worker).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the registered models over HTTP (FastAPI ``service.main:app`` on uvicorn).
 
@@ -115,7 +123,14 @@ def serve(
     import uvicorn
 
     # The service logs every request itself (method, path, status, latency, n_samples).
-    uvicorn.run("service.main:app", host=host, port=port, access_log=False, log_config=None)
+    uvicorn.run(
+        "service.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        log_config=None,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,7 +35,7 @@ _api_key_scheme = APIKeyHeader(
 
 
 async def get_app_settings(request: Request) -> ServiceSettings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 async def get_holder(request: Request) -> ModelHolder:
@@ -45,7 +45,7 @@ async def get_holder(request: Request) -> ModelHolder:
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "models are not loaded yet: the service is still starting",
         )
-    return holder  # type: ignore[no-any-return]
+    return holder
 
 
 SettingsDep = Annotated[ServiceSettings, Depends(get_app_settings)]

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -188,7 +188,7 @@ def _loc(loc: tuple[Any, ...] | list[Any]) -> list[str | int]:
     return [p if isinstance(p, int) else str(p) for p in parts]
 
 
-def _loc_text(loc: list[str | int]) -> str:
+def _loc_text(loc: Sequence[str | int]) -> str:
     text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     return text or "body"
 
@@ -242,7 +242,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 # --------------------------------------------------------------------------- OpenAPI
 @lru_cache(maxsize=1)
 def _examples() -> dict[str, Any]:
-    return json.loads(_EXAMPLES_FILE.read_text())  # type: ignore[no-any-return]
+    return json.loads(_EXAMPLES_FILE.read_text())
 
 
 def _request_examples() -> dict[str, dict[str, Any]]:
