@@ -283,7 +283,17 @@ def test_train_register_and_serve_through_the_stack(
         ["download", "ptb-xl", "--records", ptbxl_records, "--no-progress"],
         ["prepare", "mitdb"],
         ["prepare", "ptb-xl"],
-        ["train", "--dataset", "mitdb", "--model", "gru", *TINY_TRAINING, "--register"],
+        [
+            "train",
+            "--dataset",
+            "mitdb",
+            "--model",
+            "gru",
+            "--val-records",
+            "223",
+            *TINY_TRAINING,
+            "--register",
+        ],
         ["train", "--dataset", "ptb-xl", "--model", "lstm", *TINY_TRAINING, "--register"],
     ):
         stack.run([*ecg, *args], env=env, timeout=600)
