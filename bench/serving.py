@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -225,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alias", default="champion")
     parser.add_argument("--mitdb", type=Path, default=DEFAULT_MITDB)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--keep-workdir", action="store_true", help="keep the temporary store and server logs"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -324,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _stop(ours)
         _stop(base)
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
     load_after = os.getloadavg()
 
     report = {
