@@ -22,7 +22,6 @@ from models.preprocessing import (
     beat_inputs,
     detect_rpeaks,
     preprocess_signal,
-    resample,
 )
 from models.recurrent import RecurrentClassifierConfig
 
