@@ -101,6 +101,153 @@ def prepare(
     typer.echo(f"dataset written to {path}")
 
 
+# --------------------------------------------------------------------------- train
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option(help="mitdb (AAMI beats) or ptb-xl (superclasses).")],
+    model: Annotated[str, typer.Option(help="Recurrent cell: gru or lstm.")] = "gru",
+    layers: Annotated[int | None, typer.Option(min=1, help="Recurrent layers.")] = None,
+    hidden_size: Annotated[int | None, typer.Option(min=1, help="Units per direction.")] = None,
+    bidirectional: Annotated[bool | None, typer.Option(help="Bidirectional recurrence.")] = None,
+    dropout: Annotated[float | None, typer.Option(min=0.0, max=0.95)] = None,
+    patch_size: Annotated[int | None, typer.Option(min=1, help="Samples per RNN step.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(min=0.0)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    patience: Annotated[int | None, typer.Option(min=1, help="Epochs without val gain.")] = None,
+    class_per_epoch: Annotated[
+        int | None, typer.Option(min=0, help="mitdb: most beats per class per epoch (0: all).")
+    ] = None,
+    class_weight_power: Annotated[float | None, typer.Option(min=0.0)] = None,
+    class_weight_cap: Annotated[float | None, typer.Option(min=1.0)] = None,
+    rr_features: Annotated[
+        str | None, typer.Option(help="mitdb: comma-separated subset of the dataset's RR features.")
+    ] = None,
+    val_records: Annotated[
+        str | None, typer.Option(help="mitdb: comma-separated DS1 records to validate on.")
+    ] = None,
+    beat_normalise: Annotated[
+        str | None, typer.Option(help="mitdb: 'dataset' or 'zscore' each beat window.")
+    ] = None,
+    rr_in_sequence: Annotated[
+        bool | None, typer.Option(help="mitdb: RR channels through the recurrence.")
+    ] = None,
+    signal_dropout: Annotated[
+        float | None, typer.Option(min=0.0, max=0.95, help="Train-time waveform dropout.")
+    ] = None,
+    augment_scale: Annotated[float | None, typer.Option(min=0.0, max=0.95)] = None,
+    num_threads: Annotated[
+        int | None, typer.Option(min=0, help="torch threads (0: all cores; 1: best on a busy CPU).")
+    ] = None,
+    register: Annotated[
+        bool, typer.Option(help="Register the model; move @champion only if it is better.")
+    ] = True,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Holds processed/<dataset>/ (default: ECG_DATA_DIR).")
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default: ecg-arrhythmia|-heart-disease).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: env, else sqlite:///mlflow.db).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bar per epoch.")] = True,
+) -> None:
+    """Train a GRU/LSTM, log it to MLflow (params, per-epoch metrics, test figures, model).
+
+    Options left out take the dataset's recommended values (pipeline.train.RECOMMENDED, the
+    configurations behind the reported figures).
+    """
+    from pipeline.train import TrainConfig, TrainingInterrupted
+    from pipeline.train import train as run_training
+
+    given = {
+        "model": model, "num_layers": layers, "hidden_size": hidden_size,
+        "bidirectional": bidirectional, "dropout": dropout, "patch_size": patch_size,
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+        "seed": seed, "patience": patience, "class_per_epoch": class_per_epoch,
+        "class_weight_power": class_weight_power, "class_weight_cap": class_weight_cap,
+        "rr_features": _csv(rr_features), "val_records": _csv(val_records),
+        "beat_normalise": beat_normalise, "rr_in_sequence": rr_in_sequence,
+        "signal_dropout": signal_dropout, "augment_scale": augment_scale,
+        "num_threads": num_threads,
+    }  # fmt: skip
+    try:
+        cfg = TrainConfig.recommended(dataset, **{k: v for k, v in given.items() if v is not None})
+        result = run_training(
+            cfg,
+            data_dir=data_dir or get_settings().data_dir,
+            experiment=experiment,
+            tracking_uri=tracking_uri,
+            register=register,
+            progress=progress,
+        )
+    except UserError as err:
+        raise _fail(err) from None
+    except TrainingInterrupted as err:
+        typer.secho(f"interrupted: MLflow run {err.run_id} marked KILLED; nothing registered",
+                    fg=typer.colors.YELLOW, err=True)  # fmt: skip
+        raise typer.Exit(code=130) from None
+    typer.echo(f"run {result.run_id}: best epoch {result.best_epoch}, "
+               f"{result.selection_metric} {result.best_val:.4f}")  # fmt: skip
+    shown = ("macro_f1", "accuracy", "macro_auc", "heart_disease_auc")
+    typer.echo("test: " + ", ".join(f"{k} {result.test[k]:.4f}" for k in shown if k in result.test))
+    if result.registration is not None:
+        reg = result.registration
+        typer.echo(f"registered {reg.model_name} v{reg.version}")
+        if reg.decision is not None:
+            typer.echo(reg.decision.summary())
+
+
+# --------------------------------------------------------------------------- registry
+@app.command()
+def register(
+    run_id: Annotated[str, typer.Option("--run-id", help="A finished `ecg train` run.")],
+    model_name: Annotated[
+        str | None, typer.Option(help="Default: ecg-arrhythmia / ecg-heart-disease by task.")
+    ] = None,
+    promote: Annotated[
+        bool, typer.Option(help="Move @champion to it if it beats the champion on validation.")
+    ] = True,
+    tracking_uri: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Register the model of a training run in the MLflow Model Registry."""
+    from pipeline.registry import register_run
+
+    try:
+        reg = register_run(
+            run_id, model_name=model_name, promote_if_better=promote, tracking_uri=tracking_uri
+        )
+    except UserError as err:
+        raise _fail(err) from None
+    typer.echo(f"registered {reg.model_name} v{reg.version} from run {reg.run_id}")
+    if reg.decision is not None:
+        typer.echo(reg.decision.summary())
+
+
+@app.command()
+def promote(
+    model_name: Annotated[str, typer.Option(help="Registered model, e.g. ecg-arrhythmia.")],
+    version: Annotated[str, typer.Option(help="Version number to promote.")],
+    force: Annotated[bool, typer.Option(help="Move @champion even if it is not better.")] = False,
+    tracking_uri: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Move @champion to a version if it beats the current champion on validation (or --force)."""
+    from pipeline.registry import promote as promote_version
+
+    try:
+        decision = promote_version(model_name, version, force=force, tracking_uri=tracking_uri)
+    except UserError as err:
+        raise _fail(err) from None
+    typer.echo(decision.summary())
+
+
 # --------------------------------------------------------------------------- serve
 @app.command()
 def serve(

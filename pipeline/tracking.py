@@ -1,0 +1,110 @@
+"""Where MLflow runs and models go: the tracking-URI default and experiment set-up.
+
+With nothing configured, runs land in a local sqlite store ``sqlite:///mlflow.db`` (which the Model
+Registry needs; a plain file store has none) and artifacts in ``./mlartifacts``, which is what
+``mlflow ui --backend-store-uri sqlite:///mlflow.db`` opens. ``ECG_MLFLOW_TRACKING_URI`` (see
+:mod:`pipeline.settings`) or MLflow's own ``MLFLOW_TRACKING_URI`` point everything at a tracking
+server instead; the server then decides where artifacts go.
+
+Nothing here runs at import time: :func:`configure_tracking` is called by the commands that log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.settings import PipelineSettings, get_settings
+
+__all__ = [
+    "DEFAULT_EXPERIMENTS",
+    "DEFAULT_TRACKING_URI",
+    "configure_tracking",
+    "ensure_experiment",
+    "resolve_tracking_uri",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The store used when neither ECG_MLFLOW_TRACKING_URI nor MLFLOW_TRACKING_URI is set.
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+#: Experiment per dataset when ``--experiment`` is not given.
+DEFAULT_EXPERIMENTS: dict[str, str] = {"mitdb": "ecg-arrhythmia", "ptb-xl": "ecg-heart-disease"}
+
+
+def resolve_tracking_uri(
+    explicit: str | None = None, settings: PipelineSettings | None = None
+) -> str:
+    """The tracking URI: ``explicit`` > ECG_MLFLOW_TRACKING_URI > MLFLOW_TRACKING_URI > sqlite.
+
+    Parameters
+    ----------
+    explicit : str, optional
+        A URI given on the command line or by a test.
+    settings : PipelineSettings, optional
+        Defaults to :func:`pipeline.settings.get_settings`.
+    """
+    if explicit:
+        return explicit
+    settings = settings or get_settings()
+    if settings.mlflow_tracking_uri:
+        return settings.mlflow_tracking_uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def configure_tracking(
+    explicit: str | None = None, settings: PipelineSettings | None = None
+) -> str:
+    """Point MLflow's tracking and registry clients at :func:`resolve_tracking_uri`; return it."""
+    import mlflow
+
+    uri = resolve_tracking_uri(explicit, settings)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    logger.debug("MLflow tracking URI: %s", uri)
+    return uri
+
+
+def ensure_experiment(
+    name: str,
+    tracking_uri: str,
+    artifact_dir: Path | None = None,
+    settings: PipelineSettings | None = None,
+) -> str:
+    """Id of experiment ``name``, creating it (with an explicit artifact location) when missing.
+
+    For a local store (sqlite or file) the artifact location is set explicitly to ``artifact_dir``
+    (default: settings' ``mlflow_artifact_dir``, ``./mlartifacts``), made absolute, so runs never
+    write artifacts into whatever directory a process happens to start in. For a tracking server the
+    server's default artifact root is used.
+
+    Raises
+    ------
+    UserError
+        When the experiment exists but was deleted (restore it or pick another name).
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise UserError(
+                f"experiment {name!r} is deleted in {tracking_uri}; restore it "
+                f"(mlflow experiments restore) or choose another --experiment"
+            )
+        return str(exp.experiment_id)
+    location = None
+    if _is_local_store(tracking_uri):
+        root = artifact_dir or (settings or get_settings()).mlflow_artifact_dir
+        location = Path(root).resolve().as_uri()
+    exp_id = client.create_experiment(name, artifact_location=location)
+    logger.info("created MLflow experiment %r (artifacts: %s)", name, location or "server default")
+    return str(exp_id)
