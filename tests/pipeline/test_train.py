@@ -345,3 +345,44 @@ def test_cli_trains_registers_and_the_served_model_matches_evaluation(
     served = pred.predict(rec.lead("MLII"), rec.fs, peaks)
     keep = np.isin(peaks, ds.arrays["sample"][mask])
     np.testing.assert_allclose(served.probabilities[keep], expected, atol=1e-4)
+
+
+def test_sigint_to_ecg_train_kills_the_run(mitdb_data: Path, tmp_path: Path) -> None:
+    """A real Ctrl-C (SIGINT) to a running `ecg train` process: exit 130, run KILLED, no model."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    uri = _store(tmp_path)
+    cmd = [
+        sys.executable, "-m", "pipeline.cli", "train", "--dataset", "mitdb", "--epochs", "500",
+        "--patience", "500", "--hidden-size", "8", "--val-records", "223", "--num-threads", "1",
+        "--no-progress", "--data-dir", str(mitdb_data), "--tracking-uri", uri,
+    ]  # fmt: skip
+    env = {**os.environ, "ECG_MLFLOW_ARTIFACT_DIR": str(tmp_path / "mlartifacts")}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(tracking_uri=uri)
+    deadline = time.monotonic() + 120
+    try:
+        while True:  # wait until training is under way: the first epoch's metrics are logged
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "training did not start within 120 s"
+            exp = (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name(
+                "ecg-arrhythmia"
+            )
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            if runs and "train_loss" in runs[0].data.metrics:
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "marked KILLED" in err
+    run = client.get_run(runs[0].info.run_id)
+    assert run.info.status == "KILLED"
+    assert client.search_registered_models() == []
