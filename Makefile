@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 # PhysioNet by default; this machine's local mirror when it is there (override: make run PHYSIONET_URL=...)
 PHYSIONET_URL ?= $(if $(wildcard ../shared/physionet/README.md),file://$(abspath ../shared/physionet)/,https://physionet.org/files/)
 export ECG_PHYSIONET_URL ?= $(PHYSIONET_URL)
-EPOCHS ?= 15
+# Extra `ecg train` options; one torch thread is fastest on a small shared CPU (measured).
+TRAIN_ARGS ?= --num-threads 1
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -32,10 +33,10 @@ data: install
 	$(BIN)/ecg prepare ptb-xl
 
 train: data
-	$(BIN)/ecg train --dataset mitdb --model gru --epochs $(EPOCHS) --register
-	$(BIN)/ecg train --dataset mitdb --model lstm --epochs $(EPOCHS) --register
-	$(BIN)/ecg train --dataset ptb-xl --model gru --epochs $(EPOCHS) --register
-	$(BIN)/ecg train --dataset ptb-xl --model lstm --epochs $(EPOCHS) --register
+	$(BIN)/ecg train --dataset mitdb --model gru --register $(TRAIN_ARGS)
+	$(BIN)/ecg train --dataset mitdb --model lstm --register $(TRAIN_ARGS)
+	$(BIN)/ecg train --dataset ptb-xl --model gru --register $(TRAIN_ARGS)
+	$(BIN)/ecg train --dataset ptb-xl --model lstm --register $(TRAIN_ARGS)
 
 run: train serve
 

@@ -6,13 +6,15 @@ Registry needs; a plain file store has none) and artifacts in ``./mlartifacts``,
 :mod:`pipeline.settings`) or MLflow's own ``MLFLOW_TRACKING_URI`` point everything at a tracking
 server instead; the server then decides where artifacts go.
 
-Nothing here runs at import time: :func:`configure_tracking` is called by the commands that log.
+Nothing here runs at import time: :func:`tracking_scope` wraps the code that logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import UserError
@@ -21,12 +23,14 @@ from pipeline.settings import PipelineSettings, get_settings
 __all__ = [
     "DEFAULT_EXPERIMENTS",
     "DEFAULT_TRACKING_URI",
-    "configure_tracking",
     "ensure_experiment",
     "resolve_tracking_uri",
+    "tracking_scope",
 ]
 
 logger = logging.getLogger(__name__)
+
+_URI_ENV_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 #: The store used when neither ECG_MLFLOW_TRACKING_URI nor MLFLOW_TRACKING_URI is set.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -59,17 +63,34 @@ def _is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
-def configure_tracking(
+@contextlib.contextmanager
+def tracking_scope(
     explicit: str | None = None, settings: PipelineSettings | None = None
-) -> str:
-    """Point MLflow's tracking and registry clients at :func:`resolve_tracking_uri`; return it."""
+) -> Iterator[str]:
+    """Point MLflow's fluent API (tracking and registry) at :func:`resolve_tracking_uri`.
+
+    Yields the URI, and on exit puts back what was there before: MLflow keeps these URIs in
+    module globals *and* in the ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` environment
+    variables (for subprocesses), so a library call that set them and left would redirect every
+    later client and child process of the caller.
+    """
     import mlflow
 
     uri = resolve_tracking_uri(explicit, settings)
+    saved = {name: os.environ.get(name) for name in _URI_ENV_VARS}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     logger.debug("MLflow tracking URI: %s", uri)
-    return uri
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
+        for name, value in saved.items():  # set_registry_uri(None) leaves the variable set
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def ensure_experiment(

@@ -507,10 +507,34 @@ def train(
     TrainingInterrupted
         On Ctrl-C (the run is KILLED, nothing registered).
     """
+    from pipeline.tracking import tracking_scope
+
+    with tracking_scope(tracking_uri) as uri:
+        return _train(
+            cfg,
+            data_dir=data_dir,
+            experiment=experiment,
+            uri=uri,
+            register=register,
+            progress=progress,
+            callbacks=callbacks,
+        )
+
+
+def _train(
+    cfg: TrainConfig,
+    *,
+    data_dir: Path | str,
+    experiment: str | None,
+    uri: str,
+    register: bool,
+    progress: bool,
+    callbacks: Sequence[BatchCallback],
+) -> TrainResult:
     import mlflow
     from tqdm.auto import tqdm
 
-    from pipeline.tracking import DEFAULT_EXPERIMENTS, configure_tracking, ensure_experiment
+    from pipeline.tracking import DEFAULT_EXPERIMENTS, ensure_experiment
 
     task = cfg.task
     ds = _load(cfg, Path(data_dir))
@@ -546,7 +570,6 @@ def train(
         input_shape=(int(tr.x.shape[1]), int(tr.x.shape[2])),
     )
 
-    uri = configure_tracking(tracking_uri)
     exp_id = ensure_experiment(experiment or DEFAULT_EXPERIMENTS[cfg.dataset], uri)
     torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
     _seed_everything(cfg.seed)

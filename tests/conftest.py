@@ -1,10 +1,11 @@
-"""Fixtures shared by the whole suite: the PhysioNet mirror in ../shared and an HTTP server for it."""
+"""Fixtures shared by the whole suite: the PhysioNet mirror in ../shared, an HTTP server for it."""
 
 from __future__ import annotations
 
 import functools
 import http.server
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +44,7 @@ def ptbxl_dir(shared_physionet: Path) -> Path:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -61,3 +62,25 @@ def physionet_mirror(shared_physionet: Path) -> Iterator[str]:
     server, url = serve_directory(shared_physionet)
     yield url
     server.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uris() -> Iterator[None]:
+    """Undo any test's change to MLflow's process-wide URIs (module globals and env variables).
+
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also export ``MLFLOW_*_URI`` for child
+    processes; left behind, they would point later clients and subprocesses at another test's store.
+    """
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.get(name) for name in names}
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

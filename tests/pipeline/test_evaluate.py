@@ -9,12 +9,9 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from training_data import restore_mlflow_uris  # noqa: F401 - fixture
 
 from models.labels import AAMI_CLASSES, PTBXL_SUPERCLASSES
 from pipeline.evaluate import evaluate_arrhythmia, evaluate_heart_disease, log_evaluation
-
-pytestmark = pytest.mark.usefixtures("restore_mlflow_uris")
 
 
 def _onehot_proba(pred: list[int], k: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from training_data import build_tiny_mitdb, restore_mlflow_uris  # noqa: F401 - fixture
+from training_data import build_tiny_mitdb
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -17,8 +17,6 @@ from pipeline.registry import CHAMPION_ALIAS, promote, register_run
 from pipeline.settings import get_settings
 from pipeline.tracking import DEFAULT_TRACKING_URI, ensure_experiment, resolve_tracking_uri
 from pipeline.train import TrainConfig, TrainingInterrupted, train
-
-pytestmark = pytest.mark.usefixtures("restore_mlflow_uris")
 
 TINY = {"hidden_size": 8, "batch_size": 256, "class_per_epoch": 600, "num_threads": 1}
 

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from training_data import (  # noqa: F401 - restore_mlflow_uris is a fixture
+from training_data import (
     build_tiny_mitdb,
     build_tiny_ptbxl,
     copy_dataset,
-    restore_mlflow_uris,
 )
 from typer.testing import CliRunner
 
@@ -33,7 +32,6 @@ from pipeline.train import (
 
 # Tiny and fast: ~2,000 beats per epoch through a bi-GRU with 8 hidden units.
 # One torch thread: on a shared 2-core CPU two threads were measured ~45x slower.
-pytestmark = pytest.mark.usefixtures("restore_mlflow_uris")
 
 TINY = {
     "hidden_size": 8,

@@ -12,10 +12,7 @@ dataset exactly as ``ecg prepare`` does:
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from pipeline.datasets import prepare_dataset
 
@@ -55,14 +52,3 @@ def copy_dataset(data_dir: Path, name: str, dest_root: Path) -> Path:
     dest = dest_root / "processed" / name
     shutil.copytree(data_dir / "processed" / name, dest)
     return dest_root
-
-
-@pytest.fixture()
-def restore_mlflow_uris() -> Iterator[None]:
-    """Put MLflow's process-wide tracking and registry URIs back after a test that set them."""
-    import mlflow
-
-    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(registry)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,17 +72,10 @@ class TinyRegistry:
 @contextlib.contextmanager
 def use_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's fluent API (tracking and registry) at ``uri``; restore the previous one."""
-    import mlflow
+    from pipeline.tracking import tracking_scope
 
-    prev_env = os.environ.get("MLFLOW_TRACKING_URI")
-    prev_registry = os.environ.get("MLFLOW_REGISTRY_URI")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
+    with tracking_scope(uri):
         yield
-    finally:
-        mlflow.set_tracking_uri(prev_env)
-        mlflow.set_registry_uri(prev_registry)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- data
