@@ -268,6 +268,7 @@ def _run_trainer(script: str, tmp_path: Path, tracking_uri: str, **env: str) -> 
         **os.environ,
         "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_REGISTRY_URI": tracking_uri,
         "ECG_EPOCHS": "3",
         **env,
     }

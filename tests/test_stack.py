@@ -119,10 +119,10 @@ def test_tracking_and_registry_round_trip_through_the_server(
     from mlflow import MlflowClient
     from sklearn.linear_model import LogisticRegression
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.mlflow_url)
-    mlflow.set_tracking_uri(stack.mlflow_url)
-    try:
-        client = MlflowClient(tracking_uri=stack.mlflow_url)
+    from pipeline.tracking import tracking_scope
+
+    with tracking_scope(stack.mlflow_url):
+        client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
         experiment_id = client.create_experiment("stack-round-trip")
         x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
         y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
@@ -149,8 +149,6 @@ def test_tracking_and_registry_round_trip_through_the_server(
         assert champion.version == version.version
         loaded = mlflow.pyfunc.load_model("models:/stack-round-trip-model@champion")
         np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
-    finally:
-        mlflow.set_tracking_uri(None)
 
     # The artifacts went through the server's proxy into the stack's artifact directory ...
     stored = list((stack.workdir / "artifacts").rglob("note.txt"))

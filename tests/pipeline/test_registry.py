@@ -32,9 +32,6 @@ class Runs:
 @pytest.fixture(scope="module")
 def runs(shared_physionet: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     """Three real runs in one store: two finished (GRU, LSTM), one interrupted (KILLED)."""
-    import mlflow
-
-    uris = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     root = tmp_path_factory.mktemp("registry")
     data = build_tiny_mitdb(shared_physionet, root / "data")
     mp = pytest.MonkeyPatch()
@@ -53,8 +50,6 @@ def runs(shared_physionet: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         train(TrainConfig(dataset="mitdb", epochs=1, **TINY), data_dir=data, tracking_uri=uri,
               progress=False, callbacks=[stop])  # fmt: skip
     yield Runs(uri, a, b, info.value.run_id)
-    mlflow.set_tracking_uri(uris[0])
-    mlflow.set_registry_uri(uris[1])
     mp.undo()
     get_settings.cache_clear()
 

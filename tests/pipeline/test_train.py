@@ -138,7 +138,9 @@ def test_gru_training_logs_registers_and_serves(
     assert result.registration.version == "1" and result.registration.decision.promoted
     mv = client.get_model_version_by_alias("ecg-arrhythmia", "champion")
     assert str(mv.version) == "1" and mv.run_id == result.run_id
-    pred = load_predictor("models:/ecg-arrhythmia@champion", dst_dir=tmp_path / "dl")
+    pred = load_predictor(
+        "models:/ecg-arrhythmia@champion", dst_dir=tmp_path / "dl", tracking_uri=uri
+    )
     assert isinstance(pred, ArrhythmiaPredictor)
     assert pred.card.classes == AAMI_CLASSES
     assert pred.card.architecture.cell == "gru"
@@ -176,7 +178,9 @@ def test_lstm_ptbxl_training_logs_aucs_and_serves(
     arts = _artifacts(client, result.run_id)
     assert {"test/confusion_matrix.png", "test/pr_curves.png"} <= arts
 
-    pred = load_predictor("models:/ecg-heart-disease@champion", dst_dir=tmp_path / "dl")
+    pred = load_predictor(
+        "models:/ecg-heart-disease@champion", dst_dir=tmp_path / "dl", tracking_uri=uri
+    )
     assert isinstance(pred, HeartDiseasePredictor)
     rec = read_record(ptbxl_dir / "records100" / "00000" / "00009_lr")
     p = pred.predict_many([(rec.signal, rec.fs, rec.leads)])
@@ -324,7 +328,9 @@ def test_cli_trains_registers_and_the_served_model_matches_evaluation(
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "registered ecg-arrhythmia v1" in res.output and "promoted to @champion" in res.output
-    pred = load_predictor("models:/ecg-arrhythmia@champion", dst_dir=tmp_path / "dl")
+    pred = load_predictor(
+        "models:/ecg-arrhythmia@champion", dst_dir=tmp_path / "dl", tracking_uri=uri
+    )
     cfg = TrainConfig.recommended("mitdb", val_records=("223",))
     assert (
         pred.card.preprocess.rr_features == cfg.rr_features == RECOMMENDED["mitdb"]["rr_features"]
