@@ -41,7 +41,9 @@ def _fail(err: Exception) -> typer.Exit:
 @app.command()
 def download(
     database: Annotated[str, typer.Argument(help="mitdb, ptb-xl or ptbdb.")],
-    version: Annotated[str | None, typer.Option(help="Database version (default: latest known).")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Database version (default: latest known).")
+    ] = None,
     base_url: Annotated[
         str | None,
         typer.Option("--base-url", help="PhysioNet or mirror base URL (env ECG_PHYSIONET_URL)."),
@@ -50,7 +52,9 @@ def download(
         str | None, typer.Option(help="Comma-separated record names to limit the download to.")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=32, help="Parallel downloads.")] = 8,
-    dest: Annotated[Path | None, typer.Option(help="Raw data root (default: <data_dir>/raw).")] = None,
+    dest: Annotated[
+        Path | None, typer.Option(help="Raw data root (default: <data_dir>/raw).")
+    ] = None,
     rate: Annotated[
         list[int] | None,
         typer.Option(help="PTB-XL only: sampling rate(s) to fetch, 100 and/or 500 (default 100)."),
@@ -81,7 +85,9 @@ def download(
 @app.command()
 def prepare(
     dataset: Annotated[str, typer.Argument(help="mitdb or ptb-xl.")],
-    raw_dir: Annotated[Path | None, typer.Option(help="Raw data root (default: <data_dir>/raw).")] = None,
+    raw_dir: Annotated[
+        Path | None, typer.Option(help="Raw data root (default: <data_dir>/raw).")
+    ] = None,
     out_dir: Annotated[
         Path | None, typer.Option(help="Processed root (default: <data_dir>/processed).")
     ] = None,
@@ -155,7 +161,8 @@ def train(
         str | None, typer.Option(help="MLflow experiment (default: ecg-arrhythmia|-heart-disease).")
     ] = None,
     tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI (default: env, else sqlite:///mlflow.db).")
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: env, else sqlite:///mlflow.db)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar per epoch.")] = True,
 ) -> None:

@@ -84,7 +84,7 @@ def tracking_scope(
     try:
         yield uri
     finally:
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # type: ignore[arg-type]
         mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
         for name, value in saved.items():  # set_registry_uri(None) leaves the variable set
             if value is None:
