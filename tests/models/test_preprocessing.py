@@ -281,3 +281,15 @@ def test_vectorised_local_peaks_equal_wfdb_loop(radius: int) -> None:
     for sig in signals:
         expected = np.asarray(wfdb_find_local_peaks(sig, radius), dtype=np.int64)
         np.testing.assert_array_equal(find_local_peaks(sig, radius), expected)
+
+
+@pytest.mark.parametrize("fs", [*RATES, 999.5])
+def test_resample_with_the_cached_filter_equals_scipys_own_design(fs: float) -> None:
+    from fractions import Fraction
+
+    from scipy import signal as sps
+
+    x = np.random.default_rng(int(fs)).normal(size=(round(4 * fs), 2)).astype(np.float32)
+    ratio = Fraction(125) / Fraction(fs).limit_denominator(1000)
+    expected = sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=0)
+    np.testing.assert_array_equal(resample(x, fs, 125.0), expected.astype(np.float32))
