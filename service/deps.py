@@ -7,6 +7,7 @@ an extra hop through the threadpool.
 from __future__ import annotations
 
 import secrets
+import threading
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
@@ -21,6 +22,7 @@ __all__ = [
     "ArrhythmiaModelDep",
     "HeartDiseaseModelDep",
     "HolderDep",
+    "InferenceGateDep",
     "SettingsDep",
     "require_api_key",
     "require_json",
@@ -50,6 +52,13 @@ async def get_holder(request: Request) -> ModelHolder:
 
 SettingsDep = Annotated[ServiceSettings, Depends(get_app_settings)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+
+
+async def get_inference_gate(holder: HolderDep) -> threading.BoundedSemaphore:
+    return holder.inference_gate
+
+
+InferenceGateDep = Annotated[threading.BoundedSemaphore, Depends(get_inference_gate)]
 
 
 async def require_api_key(

@@ -89,6 +89,8 @@ class ModelHolder:
             TASK_ARRHYTHMIA: settings.arrhythmia_model,
             TASK_HEART_DISEASE: settings.heart_disease_model,
         }
+        #: Admits ``settings.max_concurrent_inference`` predictions at a time (all tasks together).
+        self.inference_gate = threading.BoundedSemaphore(settings.max_concurrent_inference)
         self.slots: dict[str, ModelSlot] = {
             task: ModelSlot(task=task, name=name, alias=settings.model_alias)
             for task, name in names.items()

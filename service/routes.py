@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from fractions import Fraction
 from typing import Any
 
@@ -21,6 +22,7 @@ from service.deps import (
     ArrhythmiaModelDep,
     HeartDiseaseModelDep,
     HolderDep,
+    InferenceGateDep,
     SettingsDep,
     require_api_key,
     require_json,
@@ -175,7 +177,11 @@ def _model_ref(loaded: LoadedModel) -> ModelRef:
 
 # --------------------------------------------------------------------------- arrhythmia
 def _arrhythmia_results(
-    loaded: LoadedModel, requests: list[ArrhythmiaRequest], settings: ServiceSettings, batch: bool
+    loaded: LoadedModel,
+    requests: list[ArrhythmiaRequest],
+    settings: ServiceSettings,
+    gate: threading.BoundedSemaphore,
+    batch: bool,
 ) -> list[ArrhythmiaResult]:
     predictor = loaded.predictor
     if not isinstance(predictor, ArrhythmiaPredictor):  # guarded by the holder; keeps mypy sure
@@ -185,7 +191,8 @@ def _arrhythmia_results(
         for i, r in enumerate(requests)
     ]
     try:
-        predictions = predictor.predict_many(inputs)
+        with gate:
+            predictions = predictor.predict_many(inputs)
     except ValueError as err:
         raise _unprocessable(str(err)) from err
     classes = predictor.card.classes
@@ -226,11 +233,15 @@ def _arrhythmia_results(
 
 @predict_router.post("/arrhythmia", response_model=ArrhythmiaResponse)
 def predict_arrhythmia(
-    body: ArrhythmiaRequest, loaded: ArrhythmiaModelDep, settings: SettingsDep, request: Request
+    body: ArrhythmiaRequest,
+    loaded: ArrhythmiaModelDep,
+    settings: SettingsDep,
+    gate: InferenceGateDep,
+    request: Request,
 ) -> ArrhythmiaResponse:
     """Classify every beat of one single-lead segment into AAMI classes (N, S, V, F, Q)."""
     request.state.n_samples = len(body.signal)
-    (result,) = _arrhythmia_results(loaded, [body], settings, batch=False)
+    (result,) = _arrhythmia_results(loaded, [body], settings, gate, batch=False)
     return ArrhythmiaResponse(**result.model_dump(), model=_model_ref(loaded))
 
 
@@ -239,6 +250,7 @@ def predict_arrhythmia_batch(
     body: ArrhythmiaBatchRequest,
     loaded: ArrhythmiaModelDep,
     settings: SettingsDep,
+    gate: InferenceGateDep,
     request: Request,
 ) -> ArrhythmiaBatchResponse:
     """Several segments (possibly at different rates) through one forward pass."""
@@ -247,13 +259,17 @@ def predict_arrhythmia_batch(
         raise _unprocessable(
             f"{len(body.segments)} segments; at most {settings.max_batch_items} per request"
         )
-    results = _arrhythmia_results(loaded, body.segments, settings, batch=True)
+    results = _arrhythmia_results(loaded, body.segments, settings, gate, batch=True)
     return ArrhythmiaBatchResponse(model=_model_ref(loaded), results=results)
 
 
 # --------------------------------------------------------------------------- heart disease
 def _heart_disease_results(
-    loaded: LoadedModel, requests: list[HeartDiseaseRequest], settings: ServiceSettings, batch: bool
+    loaded: LoadedModel,
+    requests: list[HeartDiseaseRequest],
+    settings: ServiceSettings,
+    gate: threading.BoundedSemaphore,
+    batch: bool,
 ) -> list[HeartDiseaseResult]:
     predictor = loaded.predictor
     if not isinstance(predictor, HeartDiseasePredictor):
@@ -263,7 +279,8 @@ def _heart_disease_results(
         for i, r in enumerate(requests)
     ]
     try:
-        probs = _finite(predictor.predict_many([p[0] for p in prepared]))
+        with gate:
+            probs = _finite(predictor.predict_many([p[0] for p in prepared]))
     except ValueError as err:
         raise _unprocessable(str(err)) from err
     disease = predictor.heart_disease_probability(probs)
@@ -281,11 +298,15 @@ def _heart_disease_results(
 
 @predict_router.post("/heart-disease", response_model=HeartDiseaseResponse)
 def predict_heart_disease(
-    body: HeartDiseaseRequest, loaded: HeartDiseaseModelDep, settings: SettingsDep, request: Request
+    body: HeartDiseaseRequest,
+    loaded: HeartDiseaseModelDep,
+    settings: SettingsDep,
+    gate: InferenceGateDep,
+    request: Request,
 ) -> HeartDiseaseResponse:
     """PTB-XL diagnostic superclass probabilities of one 12-lead record, and 1 - P(NORM)."""
     request.state.n_samples = len(body.signal)
-    (result,) = _heart_disease_results(loaded, [body], settings, batch=False)
+    (result,) = _heart_disease_results(loaded, [body], settings, gate, batch=False)
     return HeartDiseaseResponse(**result.model_dump(), model=_model_ref(loaded))
 
 
@@ -294,6 +315,7 @@ def predict_heart_disease_batch(
     body: HeartDiseaseBatchRequest,
     loaded: HeartDiseaseModelDep,
     settings: SettingsDep,
+    gate: InferenceGateDep,
     request: Request,
 ) -> HeartDiseaseBatchResponse:
     """Several records through one forward pass."""
@@ -302,7 +324,7 @@ def predict_heart_disease_batch(
         raise _unprocessable(
             f"{len(body.records)} records; at most {settings.max_batch_items} per request"
         )
-    results = _heart_disease_results(loaded, body.records, settings, batch=True)
+    results = _heart_disease_results(loaded, body.records, settings, gate, batch=True)
     return HeartDiseaseBatchResponse(model=_model_ref(loaded), results=results)
 
 
