@@ -9,6 +9,7 @@ from its own settings, so training and serving cannot drift apart.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -247,8 +248,11 @@ class HeartDiseasePredictor(_Predictor):
                 f"signal must be (n_samples, {len(given)}) for leads {list(leads)}, got {x.shape}"
             )
         x = x[:, [given.index(name) for name in wanted]]
-        y = preprocess_signal(x, fs, self.card.preprocess)
         t = self.card.input_shape[0]
+        # Cut the raw record to the model's duration first: training filtered and z-scored exactly
+        # that much, and z-scoring a longer record would change the scale.
+        x = x[: max(1, round(t * fs / self.card.preprocess.fs_target))]
+        y = preprocess_signal(x, fs, self.card.preprocess)
         if y.shape[0] >= t:
             return y[:t]
         return np.pad(y, ((0, t - y.shape[0]), (0, 0)), mode="edge")
@@ -292,13 +296,22 @@ def load_predictor(
     if tracking_uri is not None and model_uri.startswith("models:/"):
         # MLflow resolves models:/ URIs against the global registry URI only; resolve it here.
         model_uri = _models_uri_location(model_uri, tracking_uri)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=model_uri,
-        dst_path=None if dst_dir is None else str(dst_dir),
-        tracking_uri=tracking_uri,
-        registry_uri=tracking_uri,
-    )
-    return predictor_from_model_dir(local)
+
+    def fetch(dst: str) -> Predictor:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri,
+            dst_path=dst,
+            tracking_uri=tracking_uri,
+            registry_uri=tracking_uri,
+        )
+        return predictor_from_model_dir(local)
+
+    if dst_dir is not None:
+        return fetch(str(dst_dir))
+    # The loaded module lives in memory: the downloaded copy is not needed afterwards, and a
+    # long-running service that reloads models must not leave one behind per load.
+    with tempfile.TemporaryDirectory(prefix="ecg-model-") as tmp:
+        return fetch(tmp)
 
 
 def _models_uri_location(model_uri: str, tracking_uri: str) -> str:

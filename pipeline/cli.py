@@ -32,6 +32,14 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     )
 
 
+def _tracking_errors() -> tuple[type[Exception], ...]:
+    """What a command that talks to MLflow reports as one line: ours, and MLflow's own (an
+    unreachable tracking server, a missing model or version)."""
+    from mlflow.exceptions import MlflowException
+
+    return (UserError, MlflowException)
+
+
 def _fail(err: Exception) -> typer.Exit:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
@@ -195,7 +203,7 @@ def train(
             register=register,
             progress=progress,
         )
-    except UserError as err:
+    except _tracking_errors() as err:
         raise _fail(err) from None
     except TrainingInterrupted as err:
         typer.secho(f"interrupted: MLflow run {err.run_id} marked KILLED; nothing registered",
@@ -231,7 +239,7 @@ def register(
         reg = register_run(
             run_id, model_name=model_name, promote_if_better=promote, tracking_uri=tracking_uri
         )
-    except UserError as err:
+    except _tracking_errors() as err:
         raise _fail(err) from None
     typer.echo(f"registered {reg.model_name} v{reg.version} from run {reg.run_id}")
     if reg.decision is not None:
@@ -250,7 +258,7 @@ def promote(
 
     try:
         decision = promote_version(model_name, version, force=force, tracking_uri=tracking_uri)
-    except UserError as err:
+    except _tracking_errors() as err:
         raise _fail(err) from None
     typer.echo(decision.summary())
 

@@ -434,7 +434,10 @@ def _mitdb_record(args: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     if beats.sample.shape[0] == 0:
         return {"record": name, "error": f"record {name}: no beat annotations", "missing": False}
     # RR features see every beat; only beats with an AAMI class become items.
-    x = beat_inputs(rec.lead(MITDB_LEAD), rec.fs, beats.sample, cfg)
+    try:
+        x = beat_inputs(rec.lead(MITDB_LEAD), rec.fs, beats.sample, cfg)
+    except ValueError as err:  # e.g. invalid (NaN) samples in the signal file
+        return {"record": name, "error": f"record {name}: {err}", "missing": False}
     keep = np.isin(beats.symbol, sorted(MITDB_SYMBOL_TO_AAMI))
     labels = np.array(
         [AAMI_CLASSES.index(MITDB_SYMBOL_TO_AAMI[s]) for s in beats.symbol[keep]], dtype=np.int64

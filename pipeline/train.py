@@ -561,6 +561,11 @@ def _train(
         dropout=cfg.dropout,
         patch_size=cfg.resolved_patch_size(),
     )
+    if arch.patch_size > tr.x.shape[1]:
+        raise UserError(
+            f"--patch-size {arch.patch_size} is longer than one input ({tr.x.shape[1]} steps); "
+            f"choose at most {tr.x.shape[1]}"
+        )
     card = ModelCard(
         task=task,  # type: ignore[arg-type]
         classes=tuple(classes),
@@ -741,6 +746,11 @@ def _fit_and_log(
             logger.info("early stop: no val %s improvement for %d epochs", selection, stale)
             break
 
+    if best_epoch == 0:  # the selection metric was never finite: nothing worth keeping
+        raise UserError(
+            f"validation {selection} was undefined in every epoch (e.g. a class without positive "
+            "examples in the validation split); choose other validation records"
+        )
     model.load_state_dict(best_state)
     mlflow.log_metrics(
         {

@@ -390,3 +390,16 @@ def test_sigint_to_ecg_train_kills_the_run(mitdb_data: Path, tmp_path: Path) -> 
     run = client.get_run(runs[0].info.run_id)
     assert run.info.status == "KILLED"
     assert client.search_registered_models() == []
+
+
+def test_cli_patch_longer_than_a_beat_is_a_clear_error(mitdb_data: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        app,
+        [
+            "train", "--dataset", "mitdb", "--epochs", "1", "--patch-size", "500",
+            "--val-records", "223", "--data-dir", str(mitdb_data), "--tracking-uri",
+            _store(tmp_path),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 2
+    assert "--patch-size 500 is longer than one input (87 steps)" in res.output
