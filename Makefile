@@ -10,6 +10,8 @@ PHYSIONET_URL ?= $(if $(wildcard ../shared/physionet/README.md),file://$(abspath
 export ECG_PHYSIONET_URL ?= $(PHYSIONET_URL)
 # Extra `ecg train` options; one torch thread is fastest on a small shared CPU (measured).
 TRAIN_ARGS ?= --num-threads 1
+# PyTorch's CPU wheel index, for machines without a local torch 2.13.0 CPU wheel.
+TORCH_INDEX ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -18,8 +20,9 @@ PORT ?= 8000
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	# torch first, pinned: the CPU wheel. An unpinned torch would pull gigabytes of CUDA packages.
-	$(BIN)/pip install torch==2.13.0
+	# torch first, pinned (an unpinned torch would pull gigabytes of CUDA packages). This project's
+	# machines hold a local CPU wheel of it; elsewhere: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+	$(BIN)/pip install torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 

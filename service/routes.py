@@ -89,7 +89,7 @@ ops_router = APIRouter(tags=["operations"])
 
 # --------------------------------------------------------------------------- checks
 def _unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+    return HTTPException(422, message)  # Unprocessable Content (its name varies by Starlette)
 
 
 def _check_rate(fs: float, fs_model: float, where: str) -> None:
