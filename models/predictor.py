@@ -280,6 +280,11 @@ def predictor_from_model_dir(path: str | Path) -> Predictor:
     meta = Model.load(str(path)).metadata or {}
     card = ModelCard.from_metadata(meta)
     module = mlflow.pytorch.load_model(str(path), map_location="cpu")
+    if getattr(module, "config", card.architecture) != card.architecture:
+        raise ValueError(
+            f"model at {path}: its architecture {module.config} differs from its card's "
+            f"{card.architecture}; the model was logged inconsistently"
+        )
     cls = ArrhythmiaPredictor if card.task == TASK_ARRHYTHMIA else HeartDiseasePredictor
     return cls(module, card)
 

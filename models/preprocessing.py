@@ -45,6 +45,7 @@ __all__ = [
     "detect_rpeaks",
     "find_local_peaks",
     "normalise",
+    "normalise_beats",
     "notch",
     "preprocess_signal",
     "remove_baseline",
@@ -411,10 +412,22 @@ def beat_windows(signal: np.ndarray, r_peaks: np.ndarray, cfg: PreprocessConfig)
     padded = np.pad(x, (before, after), mode="edge")
     idx = np.asarray(r_peaks, dtype=np.int64)[:, None] + np.arange(before + after)[None, :]
     w = padded[np.clip(idx, 0, padded.shape[0] - 1)]
-    if cfg.beat_normalise == "median":
+    return normalise_beats(w, cfg.beat_normalise)
+
+
+def normalise_beats(waves: np.ndarray, method: str) -> np.ndarray:
+    """Per-beat amplitude handling of ``(n_beats, w)`` windows: "none", "median" or "zscore".
+
+    "median" subtracts each window's median; "zscore" also divides by its standard deviation
+    (epsilon-guarded), which makes it insensitive to a prior median subtraction.
+    """
+    w = np.asarray(waves, dtype=np.float32)
+    if method == "median":
         w = w - np.median(w, axis=1, keepdims=True)
-    elif cfg.beat_normalise == "zscore":
+    elif method == "zscore":
         w = (w - w.mean(axis=1, keepdims=True)) / np.maximum(w.std(axis=1, keepdims=True), 1e-6)
+    elif method != "none":
+        raise ValueError(f"unknown beat normalisation {method!r}; expected none, median or zscore")
     return w.astype(np.float32, copy=False)
 
 

@@ -342,16 +342,14 @@ def _split_masks(ds: Any, cfg: TrainConfig) -> dict[str, np.ndarray]:
 def _inputs(
     ds: Any, mask: np.ndarray, rr_cols: list[int] | None, cfg: TrainConfig | None = None
 ) -> _Split:
-    from models.preprocessing import assemble_beat_inputs
+    from models.preprocessing import assemble_beat_inputs, normalise_beats
 
     a = ds.arrays
     if ds.name == "mitdb":
         rr = a["rr"][mask] if rr_cols is None else a["rr"][mask][:, rr_cols]
         waves = a["waves"][mask]
         if cfg is not None and cfg.beat_normalise == "zscore":
-            # Same formula as models.preprocessing.beat_windows(beat_normalise="zscore").
-            mu, sd = waves.mean(axis=1, keepdims=True), waves.std(axis=1, keepdims=True)
-            waves = ((waves - mu) / np.maximum(sd, 1e-6)).astype(np.float32)
+            waves = normalise_beats(waves, "zscore")  # what serving's beat_windows does
         x = assemble_beat_inputs(waves, rr)
     else:
         x = np.ascontiguousarray(a["signals"][mask], dtype=np.float32)
