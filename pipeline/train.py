@@ -20,6 +20,7 @@ Ctrl-C ends the run as KILLED and registers nothing; any other exception ends it
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
@@ -27,8 +28,10 @@ import json
 import logging
 import os
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -633,10 +636,12 @@ def _train(
             },
             "config.json",
         )
-        result = _fit_and_log(
-            cfg, task, model, loss_fn, opt, gen, tr, va, classes, card, ds, masks, rr_cols,
-            progress, callbacks, tqdm,
-        )  # fmt: skip
+        with _ctrl_c_at_batch_ends() as stop:
+            result = _fit_and_log(
+                cfg, task, model, loss_fn, opt, gen, tr, va, classes, card, ds, masks, rr_cols,
+                progress, (*callbacks, stop.check), tqdm,
+            )  # fmt: skip
+            stop.check()  # a Ctrl-C during the final evaluation still means "do not keep this"
     except KeyboardInterrupt:
         mlflow.set_tag("ecg.end", "interrupted (KeyboardInterrupt)")
         mlflow.end_run(status="KILLED")
@@ -653,6 +658,44 @@ def _train(
 
         result.registration = register_run(run_id, tracking_uri=uri)
     return result
+
+
+class _StopRequest:
+    """Set by Ctrl-C; :meth:`check` raises ``KeyboardInterrupt`` at a safe point."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def check(self, *_: int) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c_at_batch_ends() -> Iterator[_StopRequest]:
+    """Turn the first Ctrl-C (SIGINT) into a stop at the end of the current batch.
+
+    A ``KeyboardInterrupt`` raised at an arbitrary point can land inside an MLflow store write
+    and leave its database locked, so that marking the run KILLED then hangs. The first Ctrl-C
+    only sets a flag that the training loop checks after every batch; a second one interrupts at
+    once. Outside the main thread signals cannot be handled, and nothing is installed.
+    """
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+        logger.warning("Ctrl-C: stopping after this batch (press again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _fit_and_log(
