@@ -185,13 +185,6 @@ class _Predictor:
 class ArrhythmiaPredictor(_Predictor):
     """Classify every beat of single-lead ECG segments into AAMI classes."""
 
-    def detect(self, signal: np.ndarray, fs: float) -> np.ndarray:
-        """R peaks of a raw ``(n_samples,)`` segment at ``fs`` Hz, as indices at ``fs``.
-
-        :func:`models.preprocessing.detect_rpeaks` runs at one fixed rate whatever ``fs`` is.
-        """
-        return detect_rpeaks(signal, fs)
-
     def predict_many(
         self, segments: list[tuple[np.ndarray, float, np.ndarray | None]]
     ) -> list[BeatPredictions]:
@@ -205,7 +198,7 @@ class ArrhythmiaPredictor(_Predictor):
         """
         inputs, peaks_list = [], []
         for signal, fs, r_peaks in segments:
-            peaks = self.detect(signal, fs) if r_peaks is None else np.asarray(r_peaks, np.int64)
+            peaks = detect_rpeaks(signal, fs) if r_peaks is None else np.asarray(r_peaks, np.int64)
             peaks_list.append(peaks)
             inputs.append(beat_inputs(signal, fs, peaks, self.card.preprocess))
         x = np.concatenate(inputs, axis=0) if inputs else np.zeros((0, *self.card.input_shape))

@@ -24,7 +24,6 @@ Biomed Health Inform 25(5):1519-1528 (2021).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
@@ -140,9 +139,6 @@ class PreprocessConfig:
         """Rebuild from :meth:`to_dict` output, ignoring keys this version does not know."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 def _check_signal(signal: np.ndarray, fs: float) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -62,9 +61,6 @@ class RecurrentClassifierConfig:
     def from_dict(cls, d: dict[str, Any]) -> RecurrentClassifierConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 class RecurrentClassifier(nn.Module):

@@ -7,6 +7,7 @@ model's card (beat window, leads, record length) or the settings happen here and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -404,16 +405,5 @@ async def reload_models(holder: HolderDep, force: bool = False) -> ReloadRespons
     ``force=true`` reloads even when the version is unchanged.
     """
     results = await run_in_threadpool(holder.reload_all, force=force)
-    outcomes = [
-        ReloadOutcome(
-            task=r.task,
-            name=r.name,
-            alias=r.alias,
-            previous_version=r.previous_version,
-            version=r.version,
-            changed=r.changed,
-            error=r.error,
-        )
-        for r in results
-    ]
+    outcomes = [ReloadOutcome(**dataclasses.asdict(r)) for r in results]
     return ReloadResponse(ok=all(o.error is None for o in outcomes), outcomes=outcomes)
