@@ -366,16 +366,17 @@ def test_sigint_to_ecg_train_kills_the_run(mitdb_data: Path, tmp_path: Path) -> 
         "--no-progress", "--data-dir", str(mitdb_data), "--tracking-uri", uri,
     ]  # fmt: skip
     env = {**os.environ, "ECG_MLFLOW_ARTIFACT_DIR": str(tmp_path / "mlartifacts")}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    # Create the store's tables before the child starts: two processes initialising one new
+    # sqlite file at once race in MLflow's migrations ("table ... already exists").
     client = MlflowClient(tracking_uri=uri)
+    client.search_experiments()
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     try:
         while True:  # wait until training is under way: the first epoch's metrics are logged
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "training did not start within 120 s"
-            exp = (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name(
-                "ecg-arrhythmia"
-            )
+            exp = client.get_experiment_by_name("ecg-arrhythmia")
             runs = client.search_runs([exp.experiment_id]) if exp else []
             if runs and "train_loss" in runs[0].data.metrics:
                 break
