@@ -101,9 +101,10 @@ def _fmt(v: float | None) -> str:
 def _client(tracking_uri: str | None) -> Any:
     from mlflow import MlflowClient
 
-    from pipeline.tracking import resolve_tracking_uri
+    from pipeline.tracking import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -23,6 +23,7 @@ from pipeline.settings import PipelineSettings, get_settings
 __all__ = [
     "DEFAULT_EXPERIMENTS",
     "DEFAULT_TRACKING_URI",
+    "check_reachable",
     "ensure_experiment",
     "resolve_tracking_uri",
     "tracking_scope",
@@ -59,6 +60,36 @@ def resolve_tracking_uri(
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, with one clear line, when an HTTP tracking server does not answer.
+
+    MLflow's own client retries a refused connection with back-off for minutes before it gives
+    up; a short probe first tells a user at once that the server is down or the URI is wrong. Any
+    HTTP answer counts as reachable; non-HTTP URIs (sqlite, file, databricks) are not probed.
+
+    Raises
+    ------
+    UserError
+        When the connection fails or times out.
+    """
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+            "(e.g. `make stack` or `mlflow server`) or point MLFLOW_TRACKING_URI elsewhere"
+        ) from err
+
+
 def _is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
@@ -77,6 +108,7 @@ def tracking_scope(
     import mlflow
 
     uri = resolve_tracking_uri(explicit, settings)
+    check_reachable(uri)
     saved = {name: os.environ.get(name) for name in _URI_ENV_VARS}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

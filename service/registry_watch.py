@@ -153,8 +153,13 @@ class ModelHolder:
     def _load_if_changed(
         self, slot: ModelSlot, prev_version: str | None, force: bool
     ) -> LoadedModel | None:
+        import mlflow
         from mlflow import MlflowClient
 
+        from pipeline.tracking import check_reachable
+
+        # A down server fails in seconds here, not after MLflow's minutes of retries.
+        check_reachable(self.tracking_uri or mlflow.get_tracking_uri())
         client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         mv = client.get_model_version_by_alias(slot.name, slot.alias)
         version = str(mv.version)

@@ -142,6 +142,25 @@ def test_cli_errors_exit_2(runs: Runs) -> None:
         promote("nope", 1, tracking_uri=runs.uri)
 
 
+def test_unreachable_tracking_server_is_one_clear_line_at_once(tmp_path: Path) -> None:
+    """A refused connection ends the command in seconds (MLflow alone retries for minutes)."""
+    import socket
+
+    with socket.socket() as sock:  # a port that nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    cli = CliRunner()
+    for args in (
+        ["promote", "--model-name", "ecg-arrhythmia", "--version", "1"],
+        ["register", "--run-id", "0" * 32],
+        ["train", "--dataset", "mitdb", "--data-dir", str(tmp_path)],
+    ):
+        res = cli.invoke(app, [*args, "--tracking-uri", uri])
+        assert res.exit_code == 2, res.output
+        assert f"cannot reach the MLflow tracking server at {uri}" in " ".join(res.output.split())
+
+
 # --------------------------------------------------------------------------- tracking defaults
 @pytest.fixture()
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:

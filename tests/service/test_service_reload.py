@@ -146,3 +146,18 @@ def test_swap_does_not_drop_in_flight_requests(client: TestClient, n_clients: in
             t.join()
     assert statuses and set(statuses) == {200}
     assert versions == {"1"}
+
+
+def test_unreachable_tracking_server_is_reported_at_once(tiny_registry: TinyRegistry) -> None:
+    """The service starts (liveness up) and /ready names the unreachable server."""
+    import socket
+
+    with socket.socket() as sock:  # a port that nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = make_settings(tiny_registry, mlflow_tracking_uri=uri)
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/health").status_code == 200
+        r = c.get("/ready")
+        assert r.status_code == 503
+        assert f"cannot reach the MLflow tracking server at {uri}" in r.text
