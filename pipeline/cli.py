@@ -99,6 +99,13 @@ def prepare(
     out_dir: Annotated[
         Path | None, typer.Option(help="Processed root (default: <data_dir>/processed).")
     ] = None,
+    r_peaks: Annotated[
+        str,
+        typer.Option(
+            help="mitdb: centre beats on the reference annotations ('annotated') or on the "
+            "detector's R peaks, as the service does without given peaks ('detected')."
+        ),
+    ] = "annotated",
 ) -> None:
     """Build a versioned, patient-wise split dataset from downloaded records."""
     from pipeline.datasets import prepare_dataset
@@ -109,6 +116,7 @@ def prepare(
             dataset,
             raw_root=raw_dir or settings.raw_dir,
             processed_root=out_dir or settings.processed_dir,
+            r_peaks=r_peaks,
         )
     except UserError as err:
         raise _fail(err) from None

@@ -618,6 +618,7 @@ def _train(
                 "dataset": cfg.dataset,
                 "dataset_sha256": ds.content_sha256,
                 "dataset_path": str(ds.path),
+                "dataset_r_peaks": ds.manifest.get("r_peaks", "n/a"),
                 "train_records": json.dumps(tr.records),
                 "val_records": json.dumps(va.records),
                 "n_train": tr.x.shape[0],
@@ -632,7 +633,12 @@ def _train(
                 "architecture": arch.to_dict(),
                 "preprocess": preprocess.to_dict(),
                 "model_card": card.to_metadata(),
-                "dataset": {"path": str(ds.path), "content_sha256": ds.content_sha256},
+                "dataset": {
+                    "path": str(ds.path),
+                    "content_sha256": ds.content_sha256,
+                    "r_peaks": ds.manifest.get("r_peaks"),
+                    "detection": ds.manifest.get("detection"),
+                },
             },
             "config.json",
         )

@@ -84,3 +84,20 @@ def _restore_mlflow_uris() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_artifacts(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Runs in local (sqlite) stores keep their artifacts in a temporary directory.
+
+    Without this they would go to ``./mlartifacts`` (the pipeline's default), i.e. into the
+    checkout the suite runs in. Child processes (``ecg``, notebook kernels) inherit the variable.
+    """
+    from pipeline.settings import get_settings
+
+    monkeypatch.setenv("ECG_MLFLOW_ARTIFACT_DIR", str(tmp_path_factory.mktemp("mlartifacts")))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from wfdb.processing import compare_annotations
 
 import pipeline.datasets as datasets
 from models.labels import (
@@ -21,7 +22,7 @@ from models.labels import (
     PTBXL_SUPERCLASSES,
     WFDB_BEAT_SYMBOLS,
 )
-from models.preprocessing import beat_inputs
+from models.preprocessing import beat_inputs, detect_rpeaks
 from pipeline.datasets import SPLITS, load_dataset, prepare_dataset
 from pipeline.errors import UserError
 from pipeline.records import read_annotations, read_record
@@ -39,15 +40,26 @@ def _aami_counts(db: Path, record: str) -> Counter[str]:
 
 
 def _assert_parity(ds: datasets.Dataset, db: Path, record: str) -> None:
-    """The stored model input equals beat_inputs() on the raw record: train/serve parity."""
+    """The stored model input equals beat_inputs() on the raw record: train/serve parity.
+
+    With detected peaks, the items are the detector's peaks matched to labelled reference beats.
+    """
     raw = read_record(db / record)
     ann = read_annotations(db / record).select(WFDB_BEAT_SYMBOLS)
-    expected = beat_inputs(raw.lead("MLII"), raw.fs, ann.sample, ds.preprocess)
     labelled = np.isin(ann.symbol, sorted(MITDB_SYMBOL_TO_AAMI))
+    if ds.manifest["r_peaks"] == "detected":
+        peaks = detect_rpeaks(raw.lead("MLII"), raw.fs)
+        match = compare_annotations(ann.sample, peaks, round(0.15 * raw.fs)).matching_sample_nums
+    else:
+        peaks, match = ann.sample, np.arange(ann.sample.size)
+    expected = beat_inputs(raw.lead("MLII"), raw.fs, peaks, ds.preprocess)
+    items = labelled & (match >= 0)
     m = ds.arrays["record"] == record
     x_all, _ = ds.inputs(None)
-    np.testing.assert_array_equal(x_all[m], expected[labelled])
-    np.testing.assert_array_equal(ds.arrays["sample"][m], ann.sample[labelled])
+    np.testing.assert_array_equal(x_all[m], expected[match[items]])
+    np.testing.assert_array_equal(ds.arrays["sample"][m], peaks[match[items]])
+    np.testing.assert_array_equal(ds.arrays["ref_sample"][m], ann.sample[items])
+    assert np.all(np.abs(ds.arrays["sample"][m] - ds.arrays["ref_sample"][m]) <= 0.15 * raw.fs)
 
 
 def _assert_patients_disjoint(ds: datasets.Dataset) -> None:
@@ -81,7 +93,8 @@ def test_fixture_build_has_contract_arrays_and_manifest(fixture_dataset: Path) -
         assert got == _aami_counts(db, record)
         _assert_parity(ds, db, record)
     m = ds.manifest
-    assert m["format_version"] == 1 and m["dataset"] == "mitdb"
+    assert m["format_version"] == 1 and m["dataset"] == "mitdb" and m["r_peaks"] == "annotated"
+    assert "detection" not in m
     assert m["source"] == {"database": "mitdb", "version": "1.0.0"}
     assert m["classes"] == list(AAMI_CLASSES) and m["leads"] == ["MLII"]
     assert m["fs"] == 125.0 and m["input_shape"] == [87, 5] and m["n_items"] == n
@@ -203,6 +216,23 @@ def test_load_rejects_missing_damaged_or_changed_datasets(fixture_dataset: Path)
     assert len(load_dataset(fixture_dataset)) > 0
 
 
+def test_fixture_build_on_detected_peaks(tmp_path: Path) -> None:
+    """Beats centred on the detector's peaks: labelled from the references they match."""
+    ds = load_dataset(
+        prepare_dataset("mitdb", raw_root=FIXTURE_ROOT, processed_root=tmp_path, r_peaks="detected")
+    )
+    db = FIXTURE_ROOT / "mitdb" / "1.0.0"
+    missed = ds.manifest["detection"]["missed_reference_beats"]
+    for record, split in (("114", "train"), ("118", "val"), ("100", "test")):
+        got = Counter(AAMI_CLASSES[i] for i in ds.arrays["labels"][ds.arrays["record"] == record])
+        for c, n in _aami_counts(db, record).items():
+            assert got[c] + missed[split][c] == n
+        _assert_parity(ds, db, record)
+    assert ds.manifest["r_peaks"] == "detected" and ds.manifest["detection"]["tolerance_s"] == 0.15
+    with pytest.raises(UserError, match=r"unknown R-peak source 'both'"):
+        prepare_dataset("mitdb", raw_root=FIXTURE_ROOT, processed_root=tmp_path, r_peaks="both")
+
+
 def test_cli_prepare_writes_the_dataset(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -260,6 +290,27 @@ def test_mitdb_train_serve_parity_on_real_records(mitdb_dataset: Path, mitdb_dir
     ds = load_dataset(mitdb_dataset)
     for record in ("114", "232"):  # 114 stores MLII second; 232 is DS2's S-beat record
         _assert_parity(ds, mitdb_dir, record)
+
+
+def test_mitdb_on_detected_peaks(
+    mitdb_dataset: Path, mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every annotated beat is an item or a counted miss; parity holds on detected peaks."""
+    out = tmp_path_factory.mktemp("processed-detected")
+    det = load_dataset(
+        prepare_dataset("mitdb", raw_root=mitdb_dir.parents[1], processed_root=out,
+                        workers=2, r_peaks="detected")
+    )  # fmt: skip
+    ann = load_dataset(mitdb_dataset).manifest["splits"]
+    missed = det.manifest["detection"]["missed_reference_beats"]
+    for s in SPLITS:
+        for c in AAMI_CLASSES:
+            assert det.manifest["splits"][s]["counts"][c] + missed[s][c] == ann[s]["counts"][c]
+    n_missed = sum(sum(m.values()) for m in missed.values())
+    assert 0 < n_missed < 0.01 * det.manifest["n_items"]  # the detector's Se is over 99%
+    _assert_patients_disjoint(det)
+    for record in ("114", "232"):
+        _assert_parity(det, mitdb_dir, record)
 
 
 def test_mitdb_partial_real_download(tmp_path: Path, mitdb_dir: Path) -> None:
