@@ -220,12 +220,12 @@ def test_a_named_workdir_is_kept_and_reused() -> None:
 def test_missing_postgres_binaries_give_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.stack as stack_module
+    import pipeline.postgres as postgres_module
 
-    monkeypatch.setattr(stack_module, "find_postgres_bin", lambda: None)
+    monkeypatch.setattr(postgres_module, "find_postgres_bin", lambda: None)
     with (
         pytest.raises(StackError, match="apt-get install -y postgresql"),
-        stack_module.postgres_server(tmp_path),
+        postgres_module.postgres_server(tmp_path),
     ):
         pass
     assert not (tmp_path / "pgdata").exists()
