@@ -39,24 +39,17 @@ import hashlib
 import logging
 import os
 import re
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from urllib.parse import quote, urlsplit
-from urllib.request import url2pathname
 
-import requests
-from requests.adapters import HTTPAdapter
 from tqdm import tqdm
-from urllib3.exceptions import HTTPError, NewConnectionError
-from urllib3.util.retry import Retry
 
 from pipeline.errors import UserError
+from pipeline.transports import CHUNK, FetchError, Transport, make_transport
 
 __all__ = [
     "CHECKSUMS_FILE",
@@ -73,7 +66,6 @@ logger = logging.getLogger(__name__)
 
 CHECKSUMS_FILE = "SHA256SUMS.txt"
 RECORDS_FILE = "RECORDS"
-_CHUNK = 1 << 20
 _PART = ".part"
 
 
@@ -254,192 +246,9 @@ def _index_by_record(checksums: Mapping[str, str]) -> dict[str, list[str]]:
 def _sha256_file(path: Path, hasher: hashlib._Hash | None = None) -> str:
     hasher = hasher or hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK):
             hasher.update(chunk)
     return hasher.hexdigest()
-
-
-# --------------------------------------------------------------------------- transports
-class _FetchError(Exception):
-    """A transfer failed. ``retryable``: worth another attempt (a dropped connection);
-    ``fatal``: the host is unreachable, so every other transfer will fail too."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        not_found: bool = False,
-        retryable: bool = False,
-        fatal: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.not_found = not_found
-        self.retryable = retryable
-        self.fatal = fatal
-
-
-_Body = tuple[Iterator[bytes], bool]  # chunks, and whether they continue from the offset asked
-
-
-class _HttpTransport:
-    """GET over HTTP(S) with one ``requests.Session`` per thread (sessions are not thread-safe)."""
-
-    def __init__(self, base: str, *, retries: int, backoff: float, timeout: float) -> None:
-        self.base = base
-        self.host = urlsplit(base).netloc
-        # connect=0: a refused connection or an unknown host fails at once with one clear line;
-        # dropped reads and 429/5xx answers are retried with backoff
-        self._retry = Retry(
-            total=retries,
-            connect=0,
-            backoff_factor=backoff,
-            status_forcelist=(429, 500, 502, 503, 504),
-            allowed_methods=frozenset({"GET"}),
-            raise_on_status=False,
-            respect_retry_after_header=True,
-        )
-        self._timeout = timeout
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
-        self._lock = threading.Lock()
-
-    def url(self, rel: str) -> str:
-        return self.base + quote(rel)
-
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            adapter = HTTPAdapter(max_retries=self._retry)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            # identity: bytes as stored, so hashes and Range offsets refer to the same bytes
-            session.headers.update(
-                {"User-Agent": "ecg-service-downloader", "Accept-Encoding": "identity"}
-            )
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
-
-    def close(self) -> None:
-        with self._lock:
-            for session in self._sessions:
-                session.close()
-            self._sessions.clear()
-
-    @contextmanager
-    def open(self, rel: str, offset: int) -> Iterator[_Body]:
-        url = self.url(rel)
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        try:
-            response = self._session().get(url, headers=headers, stream=True, timeout=self._timeout)
-        except requests.ConnectionError as err:
-            reason = getattr(err.args[0], "reason", None) if err.args else None
-            if isinstance(reason, NewConnectionError) or isinstance(err, requests.ConnectTimeout):
-                raise _FetchError(
-                    f"cannot reach {self.host} ({_short_reason(err)}); check the base URL "
-                    "(--base-url / ECG_PHYSIONET_URL) and the network",
-                    fatal=True,
-                ) from None
-            raise _FetchError(f"{url}: {_short_reason(err)}", retryable=True) from None
-        except requests.RequestException as err:
-            raise _FetchError(f"{url}: {_short_reason(err)}", retryable=True) from None
-        with response:
-            status = response.status_code
-            if status in (404, 410):
-                raise _FetchError(f"{url}: HTTP {status} {response.reason}", not_found=True)
-            if status == 416 and offset:  # the .part already holds the whole file (or more)
-                yield iter(()), True
-                return
-            if status not in (200, 206):
-                raise _FetchError(f"{url}: HTTP {status} {response.reason}")
-            resumed = (
-                status == 206
-                and bool(offset)
-                and response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
-            )
-            if status == 206 and not resumed:
-                raise _FetchError(f"{url}: unexpected partial answer", retryable=True)
-            yield self._chunks(response, url), resumed
-
-    @staticmethod
-    def _chunks(response: requests.Response, url: str) -> Iterator[bytes]:
-        # read1 hands over whatever has arrived, so a dropped connection loses no received
-        # bytes (iter_content would discard its partly filled buffer); urllib3 < 2 lacks it
-        read1 = getattr(response.raw, "read1", None)
-        received = 0
-        try:
-            if read1 is None:
-                chunks: Iterator[bytes] = response.iter_content(_CHUNK)
-            else:
-                chunks = iter(lambda: read1(_CHUNK, decode_content=True), b"")
-            for chunk in chunks:
-                received += len(chunk)
-                yield chunk
-        except (requests.RequestException, HTTPError, OSError) as err:
-            expected = response.headers.get("Content-Length")
-            of = f" of {expected}" if expected else ""
-            raise _FetchError(
-                f"{url}: connection lost after {received}{of} bytes ({_short_reason(err)})",
-                retryable=True,
-            ) from None
-
-
-class _FileTransport:
-    """Reads a local copy laid out like PhysioNet (``file://`` base URLs)."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.root = Path(url2pathname(urlsplit(base).path))
-
-    def url(self, rel: str) -> str:
-        return self.base + quote(rel)
-
-    def close(self) -> None:
-        pass
-
-    @contextmanager
-    def open(self, rel: str, offset: int) -> Iterator[_Body]:
-        path = self.root / rel
-        try:
-            f = path.open("rb")
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise _FetchError(f"{path}: no such file", not_found=True) from None
-        except OSError as err:
-            raise _FetchError(f"{path}: {err.strerror or err}") from None
-        with f:
-            f.seek(offset)
-            yield iter(lambda: f.read(_CHUNK), b""), bool(offset)
-
-
-_Transport = _HttpTransport | _FileTransport
-
-
-def _short_reason(err: BaseException) -> str:
-    text = str(err)
-    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    if match:
-        return match.group(1).strip()
-    if "Read timed out" in text or "timed out" in text:
-        return "timed out"
-    return type(err).__name__ if len(text) > 200 else text
-
-
-def _make_transport(base_url: str, *, retries: int, backoff: float, timeout: float) -> _Transport:
-    """The transport for ``base_url`` (HTTP(S) or ``file://``); the base gets a final ``/``."""
-    base = base_url.strip()
-    if not base.endswith("/"):
-        base += "/"
-    scheme = urlsplit(base).scheme.lower()
-    if scheme in ("http", "https"):
-        return _HttpTransport(base, retries=retries, backoff=backoff, timeout=timeout)
-    if scheme == "file":
-        return _FileTransport(base)
-    hint = f" (for a local copy use file://{Path(base).resolve()}/)" if not scheme else ""
-    raise UserError(
-        f"unsupported base URL {base_url!r}: expected http://, https:// or file://{hint}"
-    )
 
 
 # --------------------------------------------------------------------------- one version
@@ -447,7 +256,7 @@ class _Fetcher:
     """Fetches files of one database version into ``dest`` through ``.part`` files."""
 
     def __init__(
-        self, transport: _Transport, prefix: str, dest: Path, *, retries: int, backoff: float
+        self, transport: Transport, prefix: str, dest: Path, *, retries: int, backoff: float
     ) -> None:
         self.transport = transport
         self.prefix = prefix  # "<db>/<version>/"
@@ -473,7 +282,7 @@ class _Fetcher:
     def fetch(self, rel: str, sha256: str | None) -> int:
         """Download ``rel`` to ``dest/rel`` (via ``.part``); verify it when ``sha256`` is given.
 
-        Returns the number of bytes received. Raises :class:`_FetchError` on transfer failures
+        Returns the number of bytes received. Raises :class:`FetchError` on transfer failures
         and :class:`DownloadError` on a checksum mismatch (the ``.part`` is deleted then).
         """
         final = self.dest / rel
@@ -495,9 +304,9 @@ class _Fetcher:
                             out.write(chunk)
                             hasher.update(chunk)
                             received += len(chunk)
-            except _FetchError as err:
+            except FetchError as err:
                 if err.not_found and sha256 is not None:
-                    raise _FetchError(
+                    raise FetchError(
                         f"{rel} is listed in {CHECKSUMS_FILE} but missing on the server "
                         f"({err}); the mirror is incomplete",
                         not_found=True,
@@ -508,7 +317,7 @@ class _Fetcher:
                     time.sleep(self.backoff * 2 ** (attempt - 1))
                     continue
                 if err.retryable:
-                    raise _FetchError(
+                    raise FetchError(
                         f"{rel}: {err}; the partial file is kept as {part.name} and the next "
                         "run resumes it",
                         retryable=True,
@@ -691,7 +500,7 @@ def download_database(
     if retries < 0:
         raise UserError(f"retries must be >= 0, got {retries}")
 
-    transport = _make_transport(base_url, retries=retries, backoff=backoff, timeout=timeout)
+    transport = make_transport(base_url, retries=retries, backoff=backoff, timeout=timeout)
     dest = Path(dest_root) / spec.name / version
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -720,7 +529,7 @@ def _download(
     # 1. the checksum list, fetched on every run: it defines what a complete download is
     try:
         fetcher.fetch(CHECKSUMS_FILE, None)
-    except _FetchError as err:
+    except FetchError as err:
         if err.not_found:
             raise UserError(
                 f"{spec.name} version {version} not found: no {CHECKSUMS_FILE} at "
@@ -747,7 +556,7 @@ def _download(
         else:
             fetcher.fetch(RECORDS_FILE, None)
         listed = _parse_records(spec, (dest / RECORDS_FILE).read_text(encoding="utf-8"))
-    except _FetchError as err:
+    except FetchError as err:
         if not (err.not_found and RECORDS_FILE not in checksums):
             raise UserError(f"cannot download {RECORDS_FILE}: {err}") from None
         listed = sorted(r for r, paths in index.items() if any(p.endswith(".hea") for p in paths))
@@ -789,9 +598,9 @@ def _download(
                     got, n = future.result()
                 except CancelledError:
                     continue
-                except (_FetchError, DownloadError) as err:
+                except (FetchError, DownloadError) as err:
                     failures.append(str(err))
-                    if isinstance(err, _FetchError) and err.fatal and fatal is None:
+                    if isinstance(err, FetchError) and err.fatal and fatal is None:
                         fatal = str(err)
                         # Future.cancel (not shutdown(cancel_futures=True), whose cancelled
                         # futures never reach as_completed): skip the transfers not yet started
