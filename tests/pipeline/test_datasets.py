@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from wfdb.processing import compare_annotations
 
+import pipeline.dataset_store as dataset_store
 import pipeline.datasets as datasets
 from models.labels import (
     AAMI_CLASSES,
@@ -156,7 +157,7 @@ def test_failed_rebuild_leaves_the_old_dataset_and_no_temp(
         path.write_text('{"format_version": 1, "truncat')  # half-written, then the crash
         raise OSError("disk full")
 
-    monkeypatch.setattr(datasets, "_write_manifest", crash)
+    monkeypatch.setattr(dataset_store, "_write_manifest", crash)
     with pytest.raises(OSError, match=r"disk full"):
         prepare_dataset("mitdb", raw_root=FIXTURE_ROOT, processed_root=root)
     assert sorted(p.name for p in root.iterdir()) == ["mitdb"]

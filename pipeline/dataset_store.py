@@ -1,0 +1,295 @@
+"""Prepared datasets on disk: load and verify them, write them atomically.
+
+A dataset directory holds ``arrays.npz`` and ``manifest.json`` (layout in
+:mod:`pipeline.datasets`, which builds them). It is written into a temporary sibling directory
+and swapped in by renaming, so an interrupted run never leaves a half-written dataset and the
+previous one stays valid until the swap; :func:`load_dataset` checks completeness, dtypes,
+lengths and the content hash, and names ``ecg prepare`` as the cure for anything wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.preprocessing import PreprocessConfig, assemble_beat_inputs
+from pipeline.errors import UserError
+
+__all__ = [
+    "DATASETS",
+    "FORMAT_VERSION",
+    "SPLITS",
+    "Dataset",
+    "content_sha256",
+    "load_dataset",
+    "write_atomically",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Dataset name -> PhysioNet database directory.
+DATASETS: dict[str, str] = {"mitdb": "mitdb", "ptb-xl": "ptb-xl"}
+_MANIFEST = "manifest.json"
+_ARRAYS = "arrays.npz"
+_REQUIRED_ARRAYS: dict[str, dict[str, str]] = {
+    "mitdb": {
+        "waves": "float32",
+        "rr": "float32",
+        "labels": "int64",
+        "record": "U",
+        "patient": "U",
+        "sample": "int64",
+        "split": "U",
+    },
+    "ptb-xl": {
+        "signals": "float32",
+        "labels": "float32",
+        "record": "U",
+        "patient": "U",
+        "split": "U",
+    },
+}
+
+
+# =========================================================================== loading
+@dataclass(frozen=True)
+class Dataset:
+    """A prepared dataset in memory.
+
+    Attributes
+    ----------
+    path : Path
+        The dataset directory.
+    manifest : dict
+        ``manifest.json``.
+    arrays : dict of str to np.ndarray
+        The contents of ``arrays.npz`` (see the module docstring for keys, shapes and dtypes).
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["dataset"])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.manifest["classes"])
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The preprocessing config the dataset was built with (serving must repeat it)."""
+        return PreprocessConfig.from_dict(self.manifest["preprocess"])
+
+    @property
+    def content_sha256(self) -> str:
+        return str(self.manifest["content_sha256"])
+
+    def __len__(self) -> int:
+        return int(self.arrays["split"].shape[0])
+
+    def mask(self, split: str | None = None) -> np.ndarray:
+        """Boolean ``(n,)`` mask of one split's items (all items when ``split`` is None)."""
+        if split is None:
+            return np.ones(len(self), dtype=bool)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return self.arrays["split"] == split
+
+    def inputs(self, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs and targets of a split.
+
+        Returns
+        -------
+        X : np.ndarray
+            float32 ``(n, T, C)``: mitdb ``(n, w, 1 + f)`` beat windows with RR channels
+            (:func:`models.preprocessing.assemble_beat_inputs`); ptb-xl ``(n, 1000, 12)``.
+        y : np.ndarray
+            mitdb int64 ``(n,)`` class indices; ptb-xl float32 ``(n, 5)`` multi-hot.
+        """
+        m = self.mask(split)
+        if self.name == "mitdb":
+            x = assemble_beat_inputs(self.arrays["waves"][m], self.arrays["rr"][m])
+        else:
+            x = np.ascontiguousarray(self.arrays["signals"][m], dtype=np.float32)
+        return x, self.arrays["labels"][m]
+
+    def records(self, split: str | None = None) -> list[str]:
+        """Sorted record names in a split."""
+        return sorted(set(self.arrays["record"][self.mask(split)].tolist()))
+
+    def patients(self, split: str | None = None) -> list[str]:
+        """Sorted patient ids in a split."""
+        return sorted(set(self.arrays["patient"][self.mask(split)].tolist()))
+
+
+def content_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every array's name, dtype, shape and bytes, in sorted key order."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(memoryview(a).cast("B"))  # type: ignore[arg-type]
+    return h.hexdigest()
+
+
+def load_dataset(path: Path | str, *, verify: bool = True) -> Dataset:
+    """Load a prepared dataset directory and check it is complete and unmodified.
+
+    Parameters
+    ----------
+    path : Path or str
+        ``<processed_root>/<name>``.
+    verify : bool
+        Recompute the content hash and compare it with the manifest (about 1 s per GB).
+
+    Raises
+    ------
+    UserError
+        The directory, manifest or arrays are missing, damaged, incomplete or do not match the
+        manifest; the message says what and to re-run ``ecg prepare <name>``.
+    """
+    path = Path(path)
+    name = path.name
+
+    def fail(what: str) -> UserError:
+        return UserError(f"dataset {path}: {what}; re-run `ecg prepare {name}`")
+
+    if not path.is_dir():
+        which = name if name in DATASETS else "mitdb|ptb-xl"
+        raise UserError(f"dataset {path} does not exist; build it with `ecg prepare {which}`")
+    try:
+        manifest = json.loads((path / _MANIFEST).read_text())
+    except FileNotFoundError:
+        raise fail(f"{_MANIFEST} is missing") from None
+    except (OSError, ValueError) as err:
+        raise fail(f"{_MANIFEST} is unreadable ({err})") from None
+    if not isinstance(manifest, dict):
+        raise fail(f"{_MANIFEST} is not a JSON object")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise fail(f"format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+    kind = manifest.get("dataset")
+    if kind not in _REQUIRED_ARRAYS:
+        raise fail(f"unknown dataset kind {kind!r} in {_MANIFEST}")
+    name = str(kind)
+    try:
+        with np.load(path / _ARRAYS, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise fail(f"{_ARRAYS} is missing") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise fail(f"{_ARRAYS} is damaged ({type(err).__name__}: {err})") from None
+
+    missing = [k for k in _REQUIRED_ARRAYS[name] if k not in arrays]
+    if missing:
+        raise fail(f"{_ARRAYS} lacks arrays {missing}")
+    for key, kind_ in _REQUIRED_ARRAYS[name].items():
+        a = arrays[key]
+        ok = a.dtype.kind == "U" if kind_ == "U" else a.dtype == np.dtype(kind_)
+        if not ok:
+            raise fail(f"array {key!r} has dtype {a.dtype}, expected {kind_}")
+    n = manifest.get("n_items")
+    lengths = {k: int(arrays[k].shape[0]) for k in _REQUIRED_ARRAYS[name]}
+    if set(lengths.values()) != {n}:
+        raise fail(f"array lengths {lengths} do not all equal n_items={n}")
+    bad_splits = sorted(set(arrays["split"].tolist()) - set(SPLITS))
+    if bad_splits:
+        raise fail(f"unknown split names {bad_splits}")
+    if verify:
+        digest = content_sha256(arrays)
+        if digest != manifest.get("content_sha256"):
+            raise fail(
+                f"content hash {digest[:12]} does not match the manifest's "
+                f"{str(manifest.get('content_sha256'))[:12]} (files changed or partly written)"
+            )
+    ds = Dataset(path=path, manifest=manifest, arrays=arrays)
+    shape = _input_shape(ds)
+    if shape != list(manifest.get("input_shape", [])):
+        raise fail(f"model input shape {shape} differs from the manifest's input_shape")
+    return ds
+
+
+def _input_shape(ds: Dataset) -> list[int]:
+    if ds.name == "mitdb":
+        return [int(ds.arrays["waves"].shape[1]), 1 + int(ds.arrays["rr"].shape[1])]
+    return [int(ds.arrays["signals"].shape[1]), int(ds.arrays["signals"].shape[2])]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(root: Path, name: str) -> None:
+    """Remove temp dirs left by killed runs (their pid is gone) for this dataset."""
+    for p in root.glob(f".{name}.*-*"):
+        m = re.match(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)-", p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(2))):
+            logger.info("removing %s left by an interrupted run", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def write_atomically(
+    root: Path, name: str, arrays: dict[str, np.ndarray], manifest: dict[str, Any]
+) -> Path:
+    """Write into ``.<name>.tmp-<pid>-*`` next to the target, then rename it into place."""
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(root, name)
+    target = root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not secret
+    old: Path | None = None
+    try:
+        _write_arrays(tmp / _ARRAYS, arrays)
+        _write_manifest(tmp / _MANIFEST, manifest)
+        _fsync_dir_files(tmp)
+        if target.exists():
+            # rename() cannot replace a non-empty directory: move the old one aside first.
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-{os.getpid()}-", dir=root))
+            os.replace(target, old / name)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if old is not None:
+                os.replace(old / name, target)
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _fsync_dir_files(directory: Path) -> None:
+    for p in directory.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
