@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import default_raw_root
 from models.labels import WFDB_BEAT_SYMBOLS
 from models.preprocessing import PreprocessConfig, detect_rpeaks, resample
 from pipeline.records import MITDB_LEAD, read_annotations, read_record
@@ -45,16 +46,6 @@ logger = logging.getLogger(__name__)
 
 VARIANTS: tuple[str, ...] = ("mlii360", "mlii125", "lead0_360", "xqrs360", "xqrs125")
 TOLERANCE_S = 0.150
-_SHARED_ROOT = Path(__file__).resolve().parents[2] / "shared" / "physionet"
-
-
-def default_raw_root() -> Path:
-    """This machine's PhysioNet mirror when there is one, else the pipeline's raw data dir."""
-    if (_SHARED_ROOT / "mitdb").is_dir():
-        return _SHARED_ROOT
-    from pipeline.settings import get_settings
-
-    return get_settings().raw_dir
 
 
 def match_beats(

@@ -21,22 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import default_raw_root
 from pipeline.datasets import load_dataset, prepare_dataset
 from pipeline.errors import UserError
 from pipeline.records import read_record
 
 logger = logging.getLogger(__name__)
-
-_SHARED_ROOT = Path(__file__).resolve().parents[2] / "shared" / "physionet"
-
-
-def default_raw_root() -> Path:
-    """This machine's PhysioNet mirror when there is one, else the pipeline's raw data dir."""
-    if (_SHARED_ROOT / "mitdb").is_dir():
-        return _SHARED_ROOT
-    from pipeline.settings import get_settings
-
-    return get_settings().raw_dir
 
 
 def ecg_hours(dataset_dir: Path, raw_root: Path) -> float:

@@ -36,7 +36,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import precision_recall_fscore_support
 from wfdb.processing import compare_annotations
 
-from bench.detector import default_raw_root
+from bench import default_raw_root
 from bench.train_full import DS1_FOLDS
 from models.labels import AAMI_CLASSES, MITDB_SYMBOL_TO_AAMI, WFDB_BEAT_SYMBOLS
 from models.predictor import ArrhythmiaPredictor, load_predictor
