@@ -169,7 +169,12 @@ def _fit(module: nn.Module, x: np.ndarray, y: np.ndarray, loss_fn: nn.Module, st
 
 
 def train_arrhythmia(
-    mitdb_dir: Path | None, *, hidden_size: int = 12, steps: int = 20, seed: int = 0
+    mitdb_dir: Path | None,
+    *,
+    hidden_size: int = 12,
+    patch_size: int = 1,
+    steps: int = 20,
+    seed: int = 0,
 ) -> tuple[nn.Module, ModelCard, np.ndarray, dict[str, float]]:
     """Train a tiny AAMI beat classifier on the first minute of :data:`ARRHYTHMIA_RECORDS`.
 
@@ -203,6 +208,7 @@ def train_arrhythmia(
         n_static=len(cfg.rr_features),
         hidden_size=hidden_size,
         dropout=0.0,
+        patch_size=patch_size,
     )
     module = RecurrentClassifier(arch)
     counts = np.bincount(y_train, minlength=len(AAMI_CLASSES)).astype(np.float32)
