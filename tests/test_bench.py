@@ -10,7 +10,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent / "pipeline"))
 from training_data import build_tiny_mitdb
 
-from bench.served_peaks import score_as_served
+from bench.served_peaks import peak_offsets, score_as_served
 from models.labels import MITDB_SYMBOL_TO_AAMI, WFDB_BEAT_SYMBOLS
 from models.predictor import ArrhythmiaPredictor, load_predictor
 from pipeline.records import read_annotations
@@ -34,3 +34,11 @@ def test_served_peaks_scores_whole_records_from_detected_peaks(
     assert out["n_beats"] + out["missed_beats"] == labelled
     assert 0 < out["missed_beats"] < 0.02 * labelled
     assert 0.0 <= out["macro_f1"] <= 1.0
+
+
+def test_peak_offsets_per_class(mitdb_dir: Path) -> None:
+    offsets = peak_offsets(mitdb_dir, ("223",))  # N, S, V and F beats
+    assert set(offsets) == {"N", "S", "V", "F"}
+    # XQRS lands normal beats on the annotated sample or next to it (1 sample = 2.8 ms at 360 Hz).
+    assert offsets["N"]["p50_ms"] <= 2.8 and offsets["N"]["share_over_16ms"] < 0.05
+    assert sum(o["n"] for o in offsets.values()) > 2000
