@@ -123,6 +123,25 @@ def test_arrhythmia_other_rate_and_batch(
     assert results[1]["summary"]["n_beats"] == len(other_peaks)
 
 
+def test_arrhythmia_longest_segment_at_a_high_rate(client: TestClient, mitdb_dir: Path) -> None:
+    """Ten minutes (the limit) at 1000 Hz: 600,000 samples in one request."""
+    from scipy.signal import resample_poly
+
+    signal, _, peaks, _ = mitdb_strip(mitdb_dir, "100", start_s=0.0, seconds=600.0)
+    sig1000 = np.round(resample_poly(signal, 25, 9), 3)  # 360 -> 1000 Hz, mV to 3 decimals
+    assert sig1000.size == 600_000
+    r = client.post("/predict/arrhythmia", json={"fs": 1000, "signal": sig1000.tolist()})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["duration_s"] == 600.0
+    # Every annotated beat found, at the 1000-Hz position of its annotation (150 ms tolerance).
+    found = np.array([b["sample"] for b in body["beats"]])
+    expected = np.round(peaks * 1000 / 360)
+    assert abs(found.size - expected.size) <= 0.01 * expected.size
+    nearest = np.abs(found[:, None] - expected[None, :]).min(axis=0)
+    assert np.mean(nearest <= 150) >= 0.99
+
+
 def test_arrhythmia_shortest_and_flat(client: TestClient, mitdb_dir: Path) -> None:
     signal, fs, peaks, _ = mitdb_strip(mitdb_dir, "100", start_s=0.0, seconds=1.0)
     one = client.post(
