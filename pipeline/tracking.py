@@ -72,6 +72,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     UserError
         When the connection fails or times out.
     """
+    import ssl
     import urllib.error
     import urllib.request
 
@@ -84,6 +85,8 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         pass  # it answered
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
+        if isinstance(reason, ssl.SSLError):
+            return  # it answered; TLS is MLflow's business (e.g. MLFLOW_TRACKING_INSECURE_TLS)
         raise UserError(
             f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
             "(e.g. `make stack` or `mlflow server`) or point MLFLOW_TRACKING_URI elsewhere"
