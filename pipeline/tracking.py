@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "check_reachable",
     "ensure_experiment",
+    "initialise_sqlite_store",
     "resolve_tracking_uri",
     "tracking_scope",
 ]
@@ -93,6 +94,25 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         ) from err
 
 
+def initialise_sqlite_store(uri: str, timeout_s: float = 300.0) -> None:
+    """Create a sqlite store's tables while holding ``<db file>.lock``.
+
+    MLflow creates (and migrates) the tables on first use; two processes doing that at once on the
+    same new file race in its migrations ("table ... already exists") and one of them crashes.
+    The lock makes the first one create them and the others find them. Other URIs are left alone.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    from filelock import FileLock
+    from mlflow import MlflowClient
+
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not db.parent.is_dir():
+        return  # MLflow reports the bad path itself
+    with FileLock(f"{db}.lock", timeout=timeout_s):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 def _is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
@@ -112,6 +132,7 @@ def tracking_scope(
 
     uri = resolve_tracking_uri(explicit, settings)
     check_reachable(uri)
+    initialise_sqlite_store(uri)
     saved = {name: os.environ.get(name) for name in _URI_ENV_VARS}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

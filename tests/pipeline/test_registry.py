@@ -161,6 +161,27 @@ def test_unreachable_tracking_server_is_one_clear_line_at_once(tmp_path: Path) -
         assert f"cannot reach the MLflow tracking server at {uri}" in " ".join(res.output.split())
 
 
+def test_processes_starting_on_one_new_sqlite_store_do_not_race(tmp_path: Path) -> None:
+    """Several `ecg` processes set up one new store at once: all succeed, the tables exist once."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = (
+        "import sys\n"
+        "from pipeline.tracking import tracking_scope\n"
+        "with tracking_scope(sys.argv[1]):\n"
+        "    pass\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, uri], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert MlflowClient(tracking_uri=uri).search_experiments()  # the Default experiment
+
+
 # --------------------------------------------------------------------------- tracking defaults
 @pytest.fixture()
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
