@@ -58,7 +58,7 @@ test-all: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy models pipeline service
+	$(BIN)/mypy models pipeline service bench
 
 bench: install
 	$(BIN)/python -m bench.prepare_mitdb

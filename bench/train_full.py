@@ -25,7 +25,7 @@ import platform
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.train import TrainConfig, train
 
@@ -95,12 +95,15 @@ MITDB_CANDIDATES: dict[str, dict[str, Any]] = {
 
 
 def select_mitdb(
-    data_dir: Path, tracking_uri: str | None, names: list[str], model: str = "gru"
+    data_dir: Path,
+    tracking_uri: str | None,
+    names: list[str],
+    model: Literal["gru", "lstm"] = "gru",
 ) -> dict[str, Any]:
     """Cross-validate MIT-BIH candidates over :data:`DS1_FOLDS`; the test split is never read."""
     out: dict[str, Any] = {}
     for name in names:
-        scores = []
+        scores: list[dict[str, Any]] = []
         for k, fold in enumerate(DS1_FOLDS):
             cfg = replace(
                 _SELECT_BASE, model=model, val_records=fold, evaluate_test=False,
@@ -119,7 +122,7 @@ def select_mitdb(
             }
             scores.append({"fold": k, "run_id": res.run_id, "macro_f1": res.best_val, **per_class})
             logger.info("select %s fold %d: val macro-F1 %.4f", name, k, res.best_val)
-        mean = sum(s["macro_f1"] for s in scores) / len(scores)
+        mean = sum(float(s["macro_f1"]) for s in scores) / len(scores)
         out[name] = {"mean_val_macro_f1": mean, "folds": scores}
         logger.info("select %s: mean val macro-F1 %.4f", name, mean)
     return out

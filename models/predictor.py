@@ -12,7 +12,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import torch
@@ -40,8 +40,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TASK_ARRHYTHMIA = "arrhythmia"
-TASK_HEART_DISEASE = "heart-disease"
+TASK_ARRHYTHMIA: Final = "arrhythmia"
+TASK_HEART_DISEASE: Final = "heart-disease"
 Task = Literal["arrhythmia", "heart-disease"]
 
 
