@@ -24,9 +24,10 @@ from models.predictor import (
     HeartDiseasePredictor,
     load_predictor,
 )
+from service.schemas import ReloadOutcome
 from service.settings import ServiceSettings
 
-__all__ = ["LoadedModel", "ModelHolder", "ModelSlot", "ReloadResult"]
+__all__ = ["LoadedModel", "ModelHolder", "ModelSlot"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +59,6 @@ class ModelSlot:
     last_reload_error: str | None = None
     last_reload_at: datetime | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-
-@dataclass(frozen=True)
-class ReloadResult:
-    task: str
-    name: str
-    alias: str
-    previous_version: str | None
-    version: str | None
-    changed: bool
-    error: str | None = None
 
 
 _PREDICTOR_CLASS = {TASK_ARRHYTHMIA: ArrhythmiaPredictor, TASK_HEART_DISEASE: HeartDiseasePredictor}
@@ -106,11 +96,11 @@ class ModelHolder:
     def ready(self) -> bool:
         return all(slot.current is not None for slot in self.slots.values())
 
-    def reload_all(self, *, force: bool = False) -> list[ReloadResult]:
+    def reload_all(self, *, force: bool = False) -> list[ReloadOutcome]:
         """Reload every task whose alias points at a version other than the one served."""
         return [self.reload(task, force=force) for task in self.slots]
 
-    def reload(self, task: str, *, force: bool = False) -> ReloadResult:
+    def reload(self, task: str, *, force: bool = False) -> ReloadOutcome:
         """Resolve the alias; load and swap in its version if it changed (or ``force``).
 
         Never raises for registry or model problems: they are logged and recorded on the slot.
@@ -119,6 +109,15 @@ class ModelHolder:
         with slot.lock:  # one load per task at a time; requests never take this lock
             previous = slot.current
             prev_version = None if previous is None else previous.version
+
+            def outcome(
+                version: str | None, changed: bool, error: str | None = None
+            ) -> ReloadOutcome:
+                return ReloadOutcome(
+                    task=task, name=slot.name, alias=slot.alias, previous_version=prev_version,
+                    version=version, changed=changed, error=error,
+                )  # fmt: skip
+
             try:
                 loaded = self._load_if_changed(slot, prev_version, force)
             except Exception as err:  # registry unreachable, bad model, wrong task, ...
@@ -135,20 +134,18 @@ class ModelHolder:
                         "reloading %s@%s failed, still serving version %s: %s",
                         slot.name, slot.alias, prev_version, message,
                     )  # fmt: skip
-                return ReloadResult(
-                    task, slot.name, slot.alias, prev_version, prev_version, False, message
-                )
+                return outcome(prev_version, False, message)
             slot.last_reload_at = datetime.now(UTC)
             slot.last_reload_error = None
             if loaded is None:
-                return ReloadResult(task, slot.name, slot.alias, prev_version, prev_version, False)
+                return outcome(prev_version, False)
             slot.current = loaded  # the atomic swap
             slot.error = None
             logger.info(
                 "serving %s model %s version %s (alias %s; was %s)",
                 task, slot.name, loaded.version, slot.alias, prev_version,
             )  # fmt: skip
-            return ReloadResult(task, slot.name, slot.alias, prev_version, loaded.version, True)
+            return outcome(loaded.version, True)
 
     def _load_if_changed(
         self, slot: ModelSlot, prev_version: str | None, force: bool

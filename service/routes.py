@@ -7,7 +7,6 @@ model's card (beat window, leads, record length) or the settings happen here and
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import threading
@@ -49,7 +48,6 @@ from service.schemas import (
     ModelsResponse,
     ModelStatus,
     ReadyResponse,
-    ReloadOutcome,
     ReloadResponse,
     UnavailableModel,
 )
@@ -164,6 +162,11 @@ def _record_input(
     return (np.asarray(req.signal, dtype=np.float32), req.fs, leads), warnings
 
 
+def _check_batch_size(n: int, what: str, settings: ServiceSettings) -> None:
+    if n > settings.max_batch_items:
+        raise _unprocessable(f"{n} {what}; at most {settings.max_batch_items} per request")
+
+
 def _finite(probabilities: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(probabilities)):
         raise _unprocessable("the model produced non-finite outputs for this signal")
@@ -256,10 +259,7 @@ def predict_arrhythmia_batch(
 ) -> ArrhythmiaBatchResponse:
     """Several segments (possibly at different rates) through one forward pass."""
     request.state.n_samples = sum(len(s.signal) for s in body.segments)
-    if len(body.segments) > settings.max_batch_items:
-        raise _unprocessable(
-            f"{len(body.segments)} segments; at most {settings.max_batch_items} per request"
-        )
+    _check_batch_size(len(body.segments), "segments", settings)
     results = _arrhythmia_results(loaded, body.segments, settings, gate, batch=True)
     return ArrhythmiaBatchResponse(model=_model_ref(loaded), results=results)
 
@@ -321,10 +321,7 @@ def predict_heart_disease_batch(
 ) -> HeartDiseaseBatchResponse:
     """Several records through one forward pass."""
     request.state.n_samples = sum(len(r.signal) for r in body.records)
-    if len(body.records) > settings.max_batch_items:
-        raise _unprocessable(
-            f"{len(body.records)} records; at most {settings.max_batch_items} per request"
-        )
+    _check_batch_size(len(body.records), "records", settings)
     results = _heart_disease_results(loaded, body.records, settings, gate, batch=True)
     return HeartDiseaseBatchResponse(model=_model_ref(loaded), results=results)
 
@@ -404,6 +401,5 @@ async def reload_models(holder: HolderDep, force: bool = False) -> ReloadRespons
     A version that fails to load is reported here and in /ready; the previous one keeps serving.
     ``force=true`` reloads even when the version is unchanged.
     """
-    results = await run_in_threadpool(holder.reload_all, force=force)
-    outcomes = [ReloadOutcome(**dataclasses.asdict(r)) for r in results]
+    outcomes = await run_in_threadpool(holder.reload_all, force=force)
     return ReloadResponse(ok=all(o.error is None for o in outcomes), outcomes=outcomes)
