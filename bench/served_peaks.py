@@ -8,9 +8,10 @@ detected peaks (``ecg prepare mitdb --r-peaks detected``) wins it back:
 1. builds the mitdb dataset twice into a temporary directory (annotated and detected R peaks);
 2. for each cell (GRU, LSTM), each source and each fold of :data:`bench.train_full.DS1_FOLDS`,
    trains the recommended configuration with that fold held out (the test split is not read);
-3. scores every model the way the service works on whole validation records: detect the R peaks,
-   ``beat_inputs`` with the model card's preprocessing, forward pass, then match the peaks to the
-   reference beats within 150 ms (missed beats are left out and counted).
+3. scores every model the way the service works on whole validation records: detect the R peaks
+   (``detect_rpeaks``, as the service does for a segment sent without them), ``beat_inputs`` with
+   the model card's preprocessing, forward pass, then match the peaks to the reference beats
+   within 150 ms (missed beats are left out and counted).
 
 Also reports how far the detector puts matched peaks from the annotations, per AAMI class, and,
 on the same folds, the RR-only baseline of the design notes: a class-balanced
@@ -28,7 +29,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,23 +62,46 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return out
 
 
+@dataclass(frozen=True)
+class _DetectedRecord:
+    """One record's MLII lead with its detected R peaks matched to the reference beats."""
+
+    lead: np.ndarray  # (n_samples,) mV at fs
+    fs: float
+    peaks: np.ndarray  # (n_peaks,) detected, at fs
+    ref_sample: np.ndarray  # (n_beats,) reference beats
+    ref_class: list[str | None]  # their AAMI class (None: no class)
+    match: np.ndarray  # (n_beats,) index into peaks, -1 when missed
+
+
+def _detected_record(db: Path, record: str) -> _DetectedRecord:
+    rec = read_record(db / record, leads=[MITDB_LEAD])
+    ann = read_annotations(db / record).select(WFDB_BEAT_SYMBOLS)
+    lead = rec.lead(MITDB_LEAD)
+    peaks = detect_rpeaks(lead, rec.fs)  # what the service does with a segment sent bare
+    match = compare_annotations(ann.sample, peaks, round(0.15 * rec.fs)).matching_sample_nums
+    classes = [MITDB_SYMBOL_TO_AAMI.get(str(s)) for s in ann.symbol]
+    return _DetectedRecord(lead, rec.fs, peaks, ann.sample, classes, match)
+
+
 def score_as_served(
     predictor: ArrhythmiaPredictor, db: Path, records: tuple[str, ...]
 ) -> dict[str, float]:
     """Classify whole records from detected peaks; score the peaks that match labelled beats."""
-    y_true, y_pred, missed = [], [], 0
+    y_true: list[int] = []
+    y_pred: list[int] = []
+    missed = 0
     for record in records:
-        rec = read_record(db / record, leads=[MITDB_LEAD])
-        ann = read_annotations(db / record).select(WFDB_BEAT_SYMBOLS)
-        pred = predictor.predict(rec.lead(MITDB_LEAD), rec.fs)  # detects, as the service does
-        match = compare_annotations(
-            ann.sample, pred.r_peaks, round(0.15 * rec.fs)
-        ).matching_sample_nums
-        labelled = np.isin(ann.symbol, sorted(MITDB_SYMBOL_TO_AAMI))
-        ok = labelled & (match >= 0)
-        missed += int((labelled & (match < 0)).sum())
-        y_true += [AAMI_CLASSES.index(MITDB_SYMBOL_TO_AAMI[s]) for s in ann.symbol[ok]]
-        y_pred += pred.probabilities[match[ok]].argmax(axis=1).tolist()
+        d = _detected_record(db, record)
+        pred = predictor.predict(d.lead, d.fs, d.peaks)
+        for cls, m in zip(d.ref_class, d.match, strict=True):
+            if cls is None:
+                continue
+            if m < 0:
+                missed += 1
+                continue
+            y_true.append(AAMI_CLASSES.index(cls))
+            y_pred.append(int(pred.probabilities[m].argmax()))
     scores = _scores(np.array(y_true), np.array(y_pred))
     return {**scores, "n_beats": len(y_true), "missed_beats": missed}
 
@@ -86,14 +110,10 @@ def peak_offsets(db: Path, records: tuple[str, ...]) -> dict[str, dict[str, floa
     """Per AAMI class: how far :func:`detect_rpeaks` puts matched peaks from the annotations."""
     offsets: dict[str, list[float]] = {c: [] for c in "NSVF"}
     for record in records:
-        rec = read_record(db / record, leads=[MITDB_LEAD])
-        ann = read_annotations(db / record).select(WFDB_BEAT_SYMBOLS)
-        peaks = detect_rpeaks(rec.lead(MITDB_LEAD), rec.fs)
-        match = compare_annotations(ann.sample, peaks, round(0.15 * rec.fs)).matching_sample_nums
-        for i in np.flatnonzero(match >= 0):
-            c = MITDB_SYMBOL_TO_AAMI.get(str(ann.symbol[i]))
-            if c in offsets:
-                offsets[c].append(abs(int(peaks[match[i]]) - int(ann.sample[i])) * 1000 / rec.fs)
+        d = _detected_record(db, record)
+        for cls, m, ref in zip(d.ref_class, d.match, d.ref_sample, strict=True):
+            if cls in offsets and m >= 0:
+                offsets[cls].append(abs(int(d.peaks[m]) - int(ref)) * 1000 / d.fs)
     return {
         c: {
             "n": len(v),
