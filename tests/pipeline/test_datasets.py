@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from wfdb.processing import compare_annotations
 
@@ -338,24 +340,45 @@ def ptbxl_dataset(shared_physionet: Path, tmp_path_factory: pytest.TempPathFacto
     return prepare_dataset("ptb-xl", raw_root=shared_physionet, processed_root=out, workers=2)
 
 
-def test_ptbxl_labels_splits_and_counts(ptbxl_dataset: Path) -> None:
+def _expected_ptbxl(ptbxl_dir: Path) -> tuple[pd.DataFrame, int]:
+    """The records on disk with a superclass, and the count without, read straight from the table.
+
+    An independent reading of ``ptbxl_database.csv`` / ``scp_statements.csv`` (diagnostic
+    statements with likelihood > 0), so the test follows the mirror as it grows.
+    """
+    db = pd.read_csv(ptbxl_dir / "ptbxl_database.csv", index_col="ecg_id")
+    scp = pd.read_csv(ptbxl_dir / "scp_statements.csv", index_col=0)
+    diagnostic = scp[scp["diagnostic"] == 1]["diagnostic_class"]
+    on_disk = db[[(ptbxl_dir / f"{name}.hea").is_file() for name in db["filename_lr"]]].copy()
+    on_disk["superclasses"] = [
+        {diagnostic[k] for k, v in ast.literal_eval(codes).items() if k in diagnostic and v > 0}
+        for codes in on_disk["scp_codes"]
+    ]
+    kept = on_disk[on_disk["superclasses"].map(len) > 0]
+    return kept, len(on_disk) - len(kept)
+
+
+def test_ptbxl_labels_splits_and_counts(ptbxl_dataset: Path, ptbxl_dir: Path) -> None:
     ds = load_dataset(ptbxl_dataset)
     a, m = ds.arrays, ds.manifest
-    # The mirror's subset: 1,999 records of which 25 have no superclass (its README).
-    assert len(ds) == 1_974
-    assert m["excluded"]["no_superclass"]["n_records"] == 25
-    assert m["excluded"]["not_downloaded"]["n_records"] == 21_837 - 1_999
+    kept, no_superclass = _expected_ptbxl(ptbxl_dir)
+    n = len(kept)
+    # This mirror (7,988 records at 100 Hz, its README): 108 without a superclass, 7,880 kept.
+    assert n + no_superclass >= 7_988
+    assert len(ds) == n
+    assert m["excluded"]["no_superclass"]["n_records"] == no_superclass
+    assert m["excluded"]["not_downloaded"]["n_records"] == 21_837 - (n + no_superclass)
     totals = {c: sum(m["splits"][s]["counts"][c] for s in SPLITS) for c in PTBXL_SUPERCLASSES}
-    assert totals == {"NORM": 1_055, "MI": 372, "STTC": 448, "CD": 412, "HYP": 217}
-    assert a["signals"].shape == (1_974, 1_000, 12) and a["signals"].dtype == np.float32
-    assert a["labels"].shape == (1_974, 5) and set(np.unique(a["labels"])) == {0.0, 1.0}
+    assert totals == {c: int(kept["superclasses"].map(lambda s, c=c: c in s).sum()) for c in totals}
+    assert a["signals"].shape == (n, 1_000, 12) and a["signals"].dtype == np.float32
+    assert a["labels"].shape == (n, 5) and set(np.unique(a["labels"])) == {0.0, 1.0}
     assert a["labels"].sum(axis=1).min() >= 1
     assert m["leads"] == ["I", "II", "III", "AVR", "AVL", "AVF", *[f"V{i}" for i in range(1, 7)]]
     assert m["input_shape"] == [1000, 12] and m["fs"] == 100.0
-    # Folds 1-8 train, 9 validation, 10 test (the mirror README's fold sizes, less no-class ones).
+    # Folds 1-8 train, 9 validation, 10 test, with the table's fold sizes.
     for split, folds in (("train", range(1, 9)), ("val", [9]), ("test", [10])):
         assert set(a["fold"][a["split"] == split].tolist()) == set(folds)
-    assert m["splits"]["val"]["n_items"] + 0 <= 245 and m["splits"]["test"]["n_items"] <= 255
+        assert m["splits"][split]["n_items"] == int(kept["strat_fold"].isin(list(folds)).sum())
     # ecg_id 1 is {'NORM': 100, 'LVOLT': 0, 'SR': 0}: NORM only.
     i = int(np.flatnonzero(a["record"] == "1")[0])
     assert a["labels"][i].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
