@@ -319,9 +319,9 @@ def test_trainer_script_trains_everything_once_then_keeps_the_champions(
 
 def test_mlflow_host_allow_list_matches_the_local_stack(compose: dict[str, Any]) -> None:
     """MLflow's DNS-rebinding guard rejects ``Host: mlflow:5000`` unless allowed; the compose
-    default is the value ``pipeline.stack`` runs with, whose effect tests/test_stack.py checks
+    default is the value ``pipeline.stack.local`` runs with, whose effect tests/test_stack.py checks
     on a real server."""
-    from pipeline.stack import MLFLOW_ALLOWED_HOSTS
+    from pipeline.stack.local import MLFLOW_ALLOWED_HOSTS
 
     allowed = compose["services"]["mlflow"]["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"]
     assert allowed == f"${{MLFLOW_ALLOWED_HOSTS:-{MLFLOW_ALLOWED_HOSTS}}}"

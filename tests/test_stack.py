@@ -1,8 +1,8 @@
 """The deployed topology without Docker: a real PostgreSQL, a real ``mlflow server`` on it, the API.
 
-Everything runs on 127.0.0.1 through :mod:`pipeline.stack` (what ``make stack`` runs); nothing is
-mocked. Skips when PostgreSQL's server binaries are not installed (``apt-get install postgresql``;
-``.ci/run`` installs them).
+Everything runs on 127.0.0.1 through :mod:`pipeline.stack.local` (what ``make stack`` runs);
+nothing is mocked. Skips when PostgreSQL's server binaries are not installed
+(``apt-get install postgresql``; ``.ci/run`` installs them).
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.stack import (
-    Stack,
-    StackError,
-    find_postgres_bin,
-    local_stack,
-)
+from pipeline.stack.local import Stack, local_stack
+from pipeline.stack.postgres import find_postgres_bin
+from pipeline.stack.processes import StackError
 
 pytestmark = pytest.mark.stack
 
@@ -192,7 +189,7 @@ def test_a_named_workdir_is_kept_and_reused() -> None:
     import shutil
     import tempfile
 
-    from pipeline.stack import postgres_server
+    from pipeline.stack.postgres import postgres_server
 
     # Not under pytest's tmp_path: that is mode 0700, which the postgres OS user (when we are
     # root) cannot traverse; a workdir must be reachable by it.
@@ -220,7 +217,7 @@ def test_a_named_workdir_is_kept_and_reused() -> None:
 def test_missing_postgres_binaries_give_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.postgres as postgres_module
+    import pipeline.stack.postgres as postgres_module
 
     monkeypatch.setattr(postgres_module, "find_postgres_bin", lambda: None)
     with (

@@ -1,4 +1,4 @@
-"""Child processes of the local stack (:mod:`pipeline.stack`, :mod:`pipeline.postgres`).
+"""Child processes of the local stack (:mod:`pipeline.stack.local`, :mod:`pipeline.stack.postgres`).
 
 Each runs in its own process group with its output in a log file, and is stopped politely, then
 killed, whatever happens.

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.processes import ManagedProcess, StackError, free_port, spawn, wait_until
+from pipeline.stack.processes import ManagedProcess, StackError, free_port, spawn, wait_until
 
 __all__ = [
     "PG_DATABASE",
