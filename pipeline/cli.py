@@ -48,7 +48,7 @@ def _fail(err: Exception) -> typer.Exit:
 # --------------------------------------------------------------------------- download
 @app.command()
 def download(
-    database: Annotated[str, typer.Argument(help="mitdb, ptb-xl or ptbdb.")],
+    database: Annotated[str, typer.Argument(help="mitdb, ptb-xl, ptbdb, svdb or nstdb.")],
     version: Annotated[
         str | None, typer.Option(help="Database version (default: latest known).")
     ] = None,

@@ -23,9 +23,13 @@ Guarantees
 
 Decisions
 ---------
-- Records named in ``RECORDS`` but absent from ``SHA256SUMS.txt`` (a partial mirror) are skipped
-  with one warning giving their number. A file that ``SHA256SUMS.txt`` lists but the server answers
-  404 for is an error naming it: the checksum list says the mirror should have it.
+- Records named in ``RECORDS`` but absent from ``SHA256SUMS.txt`` (a partial mirror), and records
+  the checksum list names but none of whose files the server has (every one answers 404: a partial
+  mirror that kept PhysioNet's checksum list, as the shared svdb and nstdb copies do) are skipped,
+  with one warning giving their number. A record asked for by name (``records=``) that is skipped
+  so is an error. A file that ``SHA256SUMS.txt`` lists but the server answers 404 for, while other
+  files of its record (or a metadata file) are there, is an error naming it: the record would be
+  left incomplete.
 - A missing ``RECORDS`` is an error when ``SHA256SUMS.txt`` lists it; when it does not (a mirror
   without one), the records are taken from the headers (``*.hea``) in the checksum list.
 - ``requests`` (with urllib3 retries for connection errors and 429/5xx answers) rather than pooch:
@@ -118,6 +122,22 @@ DATABASES: Mapping[str, DatabaseSpec] = MappingProxyType(
             default_rates=(100,),
         ),
         "ptbdb": DatabaseSpec("ptbdb", "PTB Diagnostic ECG Database", "1.0.0"),
+        # 128 Hz, leads ECG1/ECG2, 78 half-hour records (beat annotations .atr)
+        "svdb": DatabaseSpec(
+            "svdb",
+            "MIT-BIH Supraventricular Arrhythmia Database",
+            "1.0.0",
+            metadata=("ANNOTATORS",),
+        ),
+        # RECORDS names the noise recordings bw, em, ma (360 Hz, 2 channels, 30 min) and the
+        # twelve noisy copies of mitdb 118 and 119 (118e24 ... 119e_6); pipeline.noise_stress
+        # rebuilds the latter from mitdb and the noise, so a mirror with only bw/em/ma suffices
+        "nstdb": DatabaseSpec(
+            "nstdb",
+            "MIT-BIH Noise Stress Test Database",
+            "1.0.0",
+            metadata=("ANNOTATORS", "nstdb.txt"),
+        ),
     }
 )
 
@@ -145,7 +165,8 @@ class DownloadReport:
     verified : tuple of str
         Relative paths that were already present and matched their checksum.
     not_on_mirror : int
-        Records named in ``RECORDS`` but absent from ``SHA256SUMS.txt`` (skipped).
+        Records named in ``RECORDS`` but absent from ``SHA256SUMS.txt``, or listed there with
+        none of their files on the server (skipped).
     bytes_downloaded : int
         Bytes of record and metadata files received in this run (not counting the checksum list).
     seconds : float
@@ -174,8 +195,8 @@ class DownloadReport:
         )
         if self.not_on_mirror:
             line += (
-                f"\n{self.not_on_mirror} records listed in RECORDS are not in {CHECKSUMS_FILE} at "
-                f"{self.source} and were skipped"
+                f"\n{self.not_on_mirror} records listed in RECORDS are not on the mirror at "
+                f"{self.source} (absent from {CHECKSUMS_FILE} or from the server) and were skipped"
             )
         return line
 
@@ -386,16 +407,6 @@ def _select(
             listed = [r for r in listed if r.startswith(prefixes)]
         chosen = [r for r in listed if r in index]
         missing = len(listed) - len(chosen)
-        if missing:
-            logger.warning(
-                "%d of %d records listed in %s have no files in %s at %s (a partial mirror); "
-                "skipping them",
-                missing,
-                len(listed),
-                RECORDS_FILE,
-                CHECKSUMS_FILE,
-                source,
-            )
         if not chosen:
             raise UserError(
                 f"none of the {len(listed)} records in {RECORDS_FILE} at {source} "
@@ -454,7 +465,7 @@ def download_database(
     Parameters
     ----------
     database : str
-        A key of :data:`DATABASES` (``mitdb``, ``ptb-xl``, ``ptbdb``).
+        A key of :data:`DATABASES` (``mitdb``, ``ptb-xl``, ``ptbdb``, ``svdb``, ``nstdb``).
     dest_root : Path
         Files go to ``dest_root/<database>/<version>/<path as on PhysioNet>``.
     base_url : str
@@ -569,10 +580,14 @@ def _download(
         )
 
     # 3. which files
-    chosen, not_on_mirror = _select(spec, listed, index, records, rates, source)
+    chosen, not_in_sums = _select(spec, listed, index, records, rates, source)
+    n_listed = len(chosen) + not_in_sums
     plan = [name for name in spec.metadata if name in checksums]
+    record_of: dict[str, str] = {}
     for record in chosen:
-        plan.extend(sorted(index[record]))
+        for rel in sorted(index[record]):
+            record_of.setdefault(rel, record)
+            plan.append(rel)
     plan = [p for p in dict.fromkeys(plan) if p != RECORDS_FILE]
     logger.info(
         "%s %s: %d records, %d files from %s", spec.name, version, len(chosen), len(plan), source
@@ -581,6 +596,7 @@ def _download(
     # 4. fetch in parallel; a per-file failure does not stop the others (they can be kept),
     #    an unreachable host does
     failures: list[str] = []
+    not_found: dict[str, list[str]] = {}  # record -> its files the server answered 404 for
     fatal: str | None = None
     disable = None if progress is None else not progress
     with (
@@ -599,6 +615,9 @@ def _download(
                 except CancelledError:
                     continue
                 except (FetchError, DownloadError) as err:
+                    if isinstance(err, FetchError) and err.not_found and rel in record_of:
+                        not_found.setdefault(record_of[rel], []).append(str(err))
+                        continue
                     failures.append(str(err))
                     if isinstance(err, FetchError) and err.fatal and fatal is None:
                         fatal = str(err)
@@ -619,6 +638,39 @@ def _download(
 
     if fatal is not None:
         raise UserError(fatal)
+    # a record none of whose files the server has is absent from this mirror; one with only
+    # some of them missing is an incomplete record, an error
+    n_files = {r: 0 for r in not_found}
+    for record in record_of.values():
+        if record in n_files:
+            n_files[record] += 1
+    absent = [r for r in chosen if r in not_found and len(not_found[r]) == n_files[r]]
+    for record, messages in not_found.items():
+        if len(messages) < n_files[record]:
+            failures.extend(messages)
+    if absent and records is not None:
+        raise UserError(
+            f"record(s) {', '.join(absent)} are listed in {CHECKSUMS_FILE} but the server at "
+            f"{source} has none of their files: this mirror does not have them"
+        )
+    if absent and len(absent) == len(chosen):
+        raise UserError(
+            f"the server at {source} has none of the files of the {len(chosen)} records in "
+            f"{CHECKSUMS_FILE}; nothing was downloaded"
+        )
+    not_on_mirror = not_in_sums + len(absent)
+    if not_on_mirror:
+        logger.warning(
+            "%d of %d records listed in %s are not on the mirror at %s (%d absent from %s, "
+            "%d with no files on the server; a partial mirror); skipped them",
+            not_on_mirror,
+            n_listed,
+            RECORDS_FILE,
+            source,
+            not_in_sums,
+            CHECKSUMS_FILE,
+            len(absent),
+        )
     if failures:
         for message in failures:
             logger.debug("failed: %s", message)
@@ -631,7 +683,7 @@ def _download(
         version=version,
         destination=dest,
         source=source,
-        n_records=len(chosen),
+        n_records=len(chosen) - len(absent),
         downloaded=tuple(downloaded),
         verified=tuple(verified),
         not_on_mirror=not_on_mirror,

@@ -383,9 +383,9 @@ def test_partial_mirror_skips_unlisted_records_with_one_warning(
     with _serve(tiny_mirror) as (url, _), caplog.at_level(logging.WARNING, "pipeline.download"):
         report = download_database("mitdb", dest_root=tmp_path / "raw", base_url=url, **FAST)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and warnings[0].startswith("2 of 4 records listed in RECORDS")
+    assert len(warnings) == 1 and warnings[0].startswith("2 of 4 records listed in RECORDS are")
     assert report.n_records == 2 and report.not_on_mirror == 2
-    assert "2 records listed in RECORDS are not in SHA256SUMS.txt" in report.summary()
+    assert "2 records listed in RECORDS are not on the mirror" in report.summary()
 
 
 def test_records_option(tiny_mirror: Path, tmp_path: Path) -> None:
@@ -477,7 +477,8 @@ def test_parse_checksums_formats_and_errors() -> None:
 
 # --------------------------------------------------------------------------- user errors
 def test_unknown_database(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"unknown database 'mitbd'; known: mitdb, ptb-xl, ptbdb"):
+    known = "mitdb, nstdb, ptb-xl, ptbdb, svdb"
+    with pytest.raises(UserError, match=rf"unknown database 'mitbd'; known: {known}"):
         download_database("mitbd", dest_root=tmp_path, base_url="http://127.0.0.1:1/")
 
 
@@ -526,7 +527,7 @@ def test_cli_prints_one_error_line_and_exits_2(tmp_path: Path) -> None:
     runner = CliRunner()
     url = f"http://127.0.0.1:{_closed_port()}/"
     for args, expected in [
-        (["download", "nosuchdb"], "error: unknown database 'nosuchdb'; known: mitdb, ptb-xl"),
+        (["download", "nosuchdb"], "error: unknown database 'nosuchdb'; known: mitdb, nstdb"),
         (["download", "mitdb", "--base-url", url], "error: cannot download SHA256SUMS.txt"),
     ]:
         result = runner.invoke(app, [*args, "--dest", str(tmp_path), "--no-progress"])
@@ -636,3 +637,92 @@ def test_copy_of_real_mitdb_with_one_altered_byte(mitdb_dir: Path, tmp_path: Pat
     dest = tmp_path / "raw" / "mitdb" / "1.0.0"
     assert not (dest / "100.dat").exists() and not (dest / "100.dat.part").exists()
     assert wfdb.rdrecord(str(dest / "101"), sampto=10).p_signal.shape == (10, 2)
+
+
+# --------------------------------------------------------------------------- svdb and nstdb
+def test_record_with_no_files_on_the_server_is_skipped_with_one_warning(
+    tiny_mirror: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partial mirror that kept PhysioNet's checksum list: 101 is listed but not served."""
+    version_dir = tiny_mirror / "mitdb" / "1.0.0"
+    (version_dir / "RECORDS").write_text("100\n101\n102\n")
+    _write_sums(version_dir, ["100.hea", "100.dat", "100.atr", "101.hea", "101.dat", "RECORDS",
+                              "ANNOTATORS"])  # fmt: skip
+    for name in ("101.hea", "101.dat"):
+        (version_dir / name).unlink()
+    with _serve(tiny_mirror) as (url, _), caplog.at_level(logging.WARNING, "pipeline.download"):
+        report = download_database("mitdb", dest_root=tmp_path / "raw", base_url=url, **FAST)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert warnings[0].startswith("2 of 3 records listed in RECORDS are not on the mirror")
+        assert "1 absent from SHA256SUMS.txt, 1 with no files on the server" in warnings[0]
+        assert report.n_records == 1 and report.not_on_mirror == 2
+        assert "2 records listed in RECORDS are not on the mirror" in report.summary()
+        assert _files(tmp_path / "raw" / "mitdb" / "1.0.0") == {
+            "100.hea", "100.dat", "100.atr", "RECORDS", "ANNOTATORS", CHECKSUMS_FILE
+        }  # fmt: skip
+        # asked for by name, a record the server does not have is an error
+        with pytest.raises(UserError, match=r"record\(s\) 101 are listed .* has none of their"):
+            download_database(
+                "mitdb", dest_root=tmp_path / "b", base_url=url, records=["100", "101"], **FAST
+            )
+
+
+def test_no_record_on_the_server_is_an_error(tiny_mirror: Path, tmp_path: Path) -> None:
+    version_dir = tiny_mirror / "mitdb" / "1.0.0"
+    for name in ("100.hea", "100.dat", "100.atr", "101.hea", "101.dat"):
+        (version_dir / name).unlink()
+    with _serve(tiny_mirror) as (url, _), pytest.raises(UserError, match="has none of the files"):
+        download_database("mitdb", dest_root=tmp_path / "raw", base_url=url, **FAST)
+
+
+def test_svdb_from_the_mirror_skips_the_records_it_lacks(
+    physionet_mirror: str, shared_physionet: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shared svdb copy holds 52 of the 78 records its RECORDS and checksum list name."""
+    source = shared_physionet / "svdb" / "1.0.0"
+    on_disk = sorted(p.stem for p in source.glob("*.hea"))
+    with caplog.at_level(logging.WARNING, "pipeline.download"):
+        report = download_database(
+            "svdb", dest_root=tmp_path, base_url=physionet_mirror, workers=4, progress=False
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"{78 - len(on_disk)} of 78 records listed in RECORDS are not on the mirror"
+    )
+    assert report.n_records == len(on_disk) and report.not_on_mirror == 78 - len(on_disk)
+    dest = tmp_path / "svdb" / "1.0.0"
+    assert sorted(p.stem for p in dest.glob("*.hea")) == on_disk
+    assert not list(dest.rglob("*.part"))
+    record = wfdb.rdrecord(str(dest / on_disk[0]))
+    assert record.fs == 128 and record.sig_name == ["ECG1", "ECG2"]
+    assert record.p_signal.shape == (230_400, 2)
+    assert len(wfdb.rdann(str(dest / on_disk[0]), "atr").sample) > 1000
+    assert (dest / "ANNOTATORS").read_bytes() == (source / "ANNOTATORS").read_bytes()
+
+
+def test_nstdb_fetches_the_noise_recordings(physionet_mirror: str, tmp_path: Path) -> None:
+    """nstdb's RECORDS lists 118e*/119e* too; the mirror has only bw, em and ma (and nstdb.txt)."""
+    report = download_database("nstdb", dest_root=tmp_path, base_url=physionet_mirror, **FAST)
+    assert report.n_records == 3 and report.not_on_mirror == 12
+    dest = tmp_path / "nstdb" / "1.0.0"
+    assert {"nstdb.txt", "ANNOTATORS", "bw.dat", "bw.hea", "em.dat", "ma.dat"} <= set(
+        report.downloaded
+    )
+    for name in ("bw", "em", "ma"):
+        record = wfdb.rdrecord(str(dest / name))
+        assert record.fs == 360 and record.p_signal.shape == (650_000, 2), name
+    # the re-run verifies and sends only the requests it must (checksum list + absent records)
+    again = download_database("nstdb", dest_root=tmp_path, base_url=physionet_mirror, **FAST)
+    assert again.downloaded == () and again.n_records == 3
+
+
+def test_cli_download_nstdb(physionet_mirror: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["download", "nstdb", "--base-url", physionet_mirror, "--dest", str(tmp_path),
+         "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("nstdb 1.0.0: 3 records")
+    assert "12 records listed in RECORDS are not on the mirror" in result.stdout
