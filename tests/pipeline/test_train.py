@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from models.labels import AAMI_CLASSES, PTBXL_SUPERCLASSES, WFDB_BEAT_SYMBOLS
 from models.predictor import ArrhythmiaPredictor, HeartDiseasePredictor, load_predictor
+from models.segment import Segment
 from pipeline.cli import app
 from pipeline.datasets import load_dataset
 from pipeline.errors import UserError
@@ -183,7 +184,7 @@ def test_lstm_ptbxl_training_logs_aucs_and_serves(
     )
     assert isinstance(pred, HeartDiseasePredictor)
     rec = read_record(ptbxl_dir / "records100" / "00000" / "00009_lr")
-    p = pred.predict_many([(rec.signal, rec.fs, rec.leads)])
+    p = pred.predict_many([Segment(rec.signal, rec.fs, tuple(rec.leads))])
     assert p.shape == (1, len(PTBXL_SUPERCLASSES)) and ((p >= 0) & (p <= 1)).all()
 
 
