@@ -342,6 +342,12 @@ def parse_wfdb(files: Sequence[UploadedFile], *, max_seconds: float) -> EcgRecor
         except Exception as err:  # wfdb raises many kinds on bad text
             raise RecordFormatError(f"{where}: not a valid WFDB header: {err}") from err
         _check_wfdb_header(header, where)
+        duration = header.sig_len / float(header.fs)
+        if duration > max_seconds:
+            raise RecordFormatError(
+                f"{where}: record too long: {duration:.1f} s ({header.sig_len} samples at "
+                f"{header.fs:g} Hz); at most {max_seconds:g} s is accepted: send an excerpt"
+            )
         _place_dat_files(header, dats, root, where)
         try:
             rec = wfdb.rdrecord(str(root / record_name), physical=True, return_res=32)
