@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from bench import default_raw_root
-from pipeline.datasets import load_dataset, prepare_dataset
+from pipeline.dataset_store import load_dataset
+from pipeline.datasets import prepare_dataset
 from pipeline.errors import UserError
 from pipeline.records import read_record
 

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,12 @@ from bench.train_full import DS1_FOLDS
 from models.labels import AAMI_CLASSES, MITDB_SYMBOL_TO_AAMI, WFDB_BEAT_SYMBOLS
 from models.predictor import ArrhythmiaPredictor, load_predictor
 from models.preprocessing import detect_rpeaks
-from pipeline.datasets import R_PEAK_SOURCES, load_dataset, prepare_dataset
+from pipeline.dataset_store import load_dataset
+from pipeline.datasets import R_PEAK_SOURCES, prepare_dataset
 from pipeline.records import MITDB_LEAD, read_annotations, read_record
 from pipeline.settings import get_settings
-from pipeline.train import TrainConfig, train
+from pipeline.train import train
+from pipeline.train_config import TrainConfig
 
 logger = logging.getLogger("bench.served_peaks")
 
@@ -168,10 +170,9 @@ def main(argv: list[str] | None = None) -> None:
             for source, root in data.items():
                 rows: list[dict[str, Any]] = []
                 for fold in DS1_FOLDS:
-                    cfg = replace(
-                        TrainConfig.recommended("mitdb", model=model, num_threads=1),
-                        val_records=fold, evaluate_test=False,
-                    )  # fmt: skip
+                    cfg = TrainConfig.recommended(
+                        "mitdb", cell=model, num_threads=1, val_records=fold, evaluate_test=False
+                    )
                     res = train(
                         cfg, data_dir=root, experiment=f"served-peaks-{source}",
                         tracking_uri=uri, register=False, progress=False,

@@ -23,24 +23,24 @@ import logging
 import os
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.train import TrainConfig, train
+from pipeline.train import train
+from pipeline.train_config import TrainConfig
 
 logger = logging.getLogger("bench.train_full")
 
-# The configurations are pipeline.train.RECOMMENDED (what `ecg train` uses by default), with one
-# torch thread: on this 2-core machine shared with other jobs, two threads were measured ~45x
-# slower than one (OpenMP threads spinning against the other processes).
+# The configurations are pipeline.train_config.RECOMMENDED (what `ecg train` uses by default),
+# with one torch thread: on this 2-core machine shared with other jobs, two threads were measured
+# ~45x slower than one (OpenMP threads spinning against the other processes).
 _MITDB = TrainConfig.recommended("mitdb", num_threads=1)
 _PTBXL = TrainConfig.recommended("ptb-xl", num_threads=1)
 CONFIGS: dict[str, TrainConfig] = {
-    "mitdb-gru": replace(_MITDB, model="gru"),
-    "mitdb-lstm": replace(_MITDB, model="lstm"),
-    "ptb-xl-gru": replace(_PTBXL, model="gru"),
-    "ptb-xl-lstm": replace(_PTBXL, model="lstm"),
+    "mitdb-gru": _MITDB.updated(cell="gru"),
+    "mitdb-lstm": _MITDB.updated(cell="lstm"),
+    "ptb-xl-gru": _PTBXL.updated(cell="gru"),
+    "ptb-xl-lstm": _PTBXL.updated(cell="lstm"),
 }
 
 
@@ -56,7 +56,7 @@ DS1_FOLDS: tuple[tuple[str, ...], ...] = (
 _RR4 = ("pre_rr_local", "post_rr_local", "pre_rr", "post_rr")
 #: What the candidates change: RECOMMENDED as it was before selection (the dataset's beat
 #: windows, RR features joined before the head, 32 units).
-_SELECT_BASE = replace(_MITDB, beat_normalise="dataset", rr_in_sequence=False, hidden_size=32)
+_SELECT_BASE = _MITDB.updated(beat_normalise="dataset", rr_in_sequence=False, hidden_size=32)
 
 #: Candidates compared on DS1 folds only (mean validation macro-F1 over N, S, V, F).
 MITDB_CANDIDATES: dict[str, dict[str, Any]] = {
@@ -98,17 +98,16 @@ def select_mitdb(
     data_dir: Path,
     tracking_uri: str | None,
     names: list[str],
-    model: Literal["gru", "lstm"] = "gru",
+    cell: Literal["gru", "lstm"] = "gru",
 ) -> dict[str, Any]:
     """Cross-validate MIT-BIH candidates over :data:`DS1_FOLDS`; the test split is never read."""
     out: dict[str, Any] = {}
     for name in names:
         scores: list[dict[str, Any]] = []
         for k, fold in enumerate(DS1_FOLDS):
-            cfg = replace(
-                _SELECT_BASE, model=model, val_records=fold, evaluate_test=False,
-                **MITDB_CANDIDATES[name],
-            )  # fmt: skip
+            cfg = _SELECT_BASE.updated(
+                cell=cell, val_records=fold, evaluate_test=False, **MITDB_CANDIDATES[name]
+            )
             res = train(
                 cfg,
                 data_dir=data_dir,
@@ -130,11 +129,12 @@ def select_mitdb(
 
 def command_line(cfg: TrainConfig) -> str:
     """The ``ecg train`` invocation equivalent to ``cfg``."""
+    arch = cfg.arch
     parts = [
-        f"ecg train --dataset {cfg.dataset} --model {cfg.model}",
-        f"--hidden-size {cfg.hidden_size} --layers {cfg.num_layers}",
-        "--bidirectional" if cfg.bidirectional else "--no-bidirectional",
-        f"--dropout {cfg.dropout} --patch-size {cfg.patch_size}",
+        f"ecg train --dataset {cfg.dataset} --cell {arch.cell}",
+        f"--hidden-size {arch.hidden_size} --layers {arch.num_layers}",
+        "--bidirectional" if arch.bidirectional else "--no-bidirectional",
+        f"--dropout {arch.dropout} --patch-size {arch.patch_size}",
         f"--epochs {cfg.epochs} --batch-size {cfg.batch_size} --lr {cfg.lr}",
         f"--weight-decay {cfg.weight_decay} --seed {cfg.seed} --patience {cfg.patience}",
         f"--class-per-epoch {cfg.class_per_epoch} --class-weight-power {cfg.class_weight_power}",
@@ -144,7 +144,7 @@ def command_line(cfg: TrainConfig) -> str:
         parts.append(f"--rr-features {','.join(cfg.rr_features)}")
     if cfg.val_records:
         parts.append(f"--val-records {','.join(cfg.val_records)}")
-    if cfg.dataset == "mitdb":
+    if cfg.spec.is_beats:
         parts.append(f"--beat-normalise {cfg.beat_normalise}")
         parts.append("--rr-in-sequence" if cfg.rr_in_sequence else "--no-rr-in-sequence")
     parts.append(f"--signal-dropout {cfg.signal_dropout} --augment-scale {cfg.augment_scale}")
@@ -206,11 +206,10 @@ def main(argv: list[str] | None = None) -> None:
         cfg = CONFIGS[name]
         logger.info("%s: %s", name, command_line(cfg))
         t0 = time.perf_counter()
-        experiment = {"mitdb": "ecg-arrhythmia", "ptb-xl": "ecg-heart-disease"}[cfg.dataset]
         result = train(
             cfg,
             data_dir=args.data_dir,
-            experiment=experiment + args.experiment_suffix,
+            experiment=cfg.task.experiment + args.experiment_suffix,
             tracking_uri=args.tracking_uri,
             register=not args.no_register,
             progress=False,

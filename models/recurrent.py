@@ -3,18 +3,66 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-__all__ = ["RecurrentClassifier", "RecurrentClassifierConfig"]
+__all__ = ["CELLS", "RecurrentArch", "RecurrentClassifier", "RecurrentClassifierConfig"]
+
+
+CELLS: tuple[str, ...] = ("gru", "lstm")
 
 
 @dataclass(frozen=True)
-class RecurrentClassifierConfig:
-    """Architecture of a :class:`RecurrentClassifier`.
+class RecurrentArch:
+    """What one chooses about a :class:`RecurrentClassifier`: the architecture, declared once.
+
+    Training configurations (``pipeline.train_config.TrainConfig.arch``) and the full model
+    config (:class:`RecurrentClassifierConfig`, which adds what the data decides) share it.
+
+    Attributes
+    ----------
+    cell : {"gru", "lstm"}
+        Recurrent cell.
+    hidden_size : int
+        Units per direction (the head's hidden layer has as many).
+    num_layers : int
+        Stacked recurrent layers.
+    bidirectional : bool
+    dropout : float
+        Between recurrent layers and before the head, in [0, 1).
+    patch_size : int
+        Non-overlapping patches of this many steps are flattened into one step before the
+        recurrence (a cheap way to shorten long sequences such as 10-s records; 1 = off). 0 in a
+        training configuration means the dataset's default (:mod:`models.tasks`).
+    """
+
+    cell: Literal["gru", "lstm"] = field(default="gru", metadata={"help": "Recurrent cell."})
+    hidden_size: int = field(default=64, metadata={"help": "Units per direction."})
+    num_layers: int = field(default=1, metadata={"help": "Recurrent layers.", "flag": "--layers"})
+    bidirectional: bool = field(default=True, metadata={"help": "Bidirectional recurrence."})
+    dropout: float = field(default=0.2, metadata={"help": "Dropout in [0, 1)."})
+    patch_size: int = field(
+        default=0, metadata={"help": "Samples per recurrent step (0: the dataset's default)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; expected 'gru' or 'lstm'")
+        for name in ("hidden_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.patch_size < 0:
+            raise ValueError(f"patch_size must be >= 0, got {self.patch_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecurrentClassifierConfig(RecurrentArch):
+    """A :class:`RecurrentArch` plus what the data decides: the model's complete config.
 
     Attributes
     ----------
@@ -26,33 +74,32 @@ class RecurrentClassifierConfig:
         The last ``n_static`` input channels are per-sample constants (e.g. RR-interval features
         repeated along time). They are read from the first step and joined to the recurrent summary
         before the head instead of being fed through the recurrence.
-    cell : {"gru", "lstm"}
-    hidden_size, num_layers : int
-    bidirectional : bool
-    dropout : float
-        Between recurrent layers and before the head.
-    patch_size : int
-        Non-overlapping patches of this many steps are flattened into one step before the
-        recurrence (a cheap way to shorten long sequences such as 10-s records; 1 = off).
     """
 
     n_inputs: int
     n_classes: int
     n_static: int = 0
-    cell: Literal["gru", "lstm"] = "gru"
-    hidden_size: int = 64
-    num_layers: int = 1
-    bidirectional: bool = True
-    dropout: float = 0.2
-    patch_size: int = 1
 
     def __post_init__(self) -> None:
-        if self.cell not in ("gru", "lstm"):
-            raise ValueError(f"cell must be 'gru' or 'lstm', got {self.cell!r}")
+        super().__post_init__()
         if not 0 <= self.n_static < self.n_inputs:
             raise ValueError(f"n_static={self.n_static} must be in [0, n_inputs={self.n_inputs})")
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+
+    @classmethod
+    def build(
+        cls, arch: RecurrentArch, *, n_inputs: int, n_classes: int, n_static: int = 0
+    ) -> RecurrentClassifierConfig:
+        """The complete config of ``arch`` for inputs of ``n_inputs`` channels."""
+        return cls(**dataclasses.asdict(arch), n_inputs=n_inputs, n_classes=n_classes,
+                   n_static=n_static)  # fmt: skip
+
+    @property
+    def arch(self) -> RecurrentArch:
+        """The chosen part of this config."""
+        names = {f.name for f in dataclasses.fields(RecurrentArch)}
+        return RecurrentArch(**{k: v for k, v in self.to_dict().items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

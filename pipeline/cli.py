@@ -6,9 +6,10 @@ Errors the user can fix (:class:`pipeline.errors.UserError`) end as one red line
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,7 +26,9 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False):
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -128,88 +131,82 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
-@app.command()
-def train(
-    dataset: Annotated[str, typer.Option(help="mitdb (AAMI beats) or ptb-xl (superclasses).")],
-    model: Annotated[str, typer.Option(help="Recurrent cell: gru or lstm.")] = "gru",
-    layers: Annotated[int | None, typer.Option(min=1, help="Recurrent layers.")] = None,
-    hidden_size: Annotated[int | None, typer.Option(min=1, help="Units per direction.")] = None,
-    bidirectional: Annotated[bool | None, typer.Option(help="Bidirectional recurrence.")] = None,
-    dropout: Annotated[float | None, typer.Option(min=0.0, max=0.95)] = None,
-    patch_size: Annotated[int | None, typer.Option(min=1, help="Samples per RNN step.")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(min=0.0)] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    patience: Annotated[int | None, typer.Option(min=1, help="Epochs without val gain.")] = None,
-    class_per_epoch: Annotated[
-        int | None, typer.Option(min=0, help="mitdb: most beats per class per epoch (0: all).")
-    ] = None,
-    class_weight_power: Annotated[float | None, typer.Option(min=0.0)] = None,
-    class_weight_cap: Annotated[float | None, typer.Option(min=1.0)] = None,
-    rr_features: Annotated[
-        str | None, typer.Option(help="mitdb: comma-separated subset of the dataset's RR features.")
-    ] = None,
-    val_records: Annotated[
-        str | None, typer.Option(help="mitdb: comma-separated DS1 records to validate on.")
-    ] = None,
-    beat_normalise: Annotated[
-        str | None, typer.Option(help="mitdb: 'dataset' or 'zscore' each beat window.")
-    ] = None,
-    rr_in_sequence: Annotated[
-        bool | None, typer.Option(help="mitdb: RR channels through the recurrence.")
-    ] = None,
-    signal_dropout: Annotated[
-        float | None, typer.Option(min=0.0, max=0.95, help="Train-time waveform dropout.")
-    ] = None,
-    augment_scale: Annotated[float | None, typer.Option(min=0.0, max=0.95)] = None,
-    num_threads: Annotated[
-        int | None, typer.Option(min=0, help="torch threads (0: all cores; 1: best on a busy CPU).")
-    ] = None,
-    register: Annotated[
+def _config_options() -> list[inspect.Parameter]:
+    """One ``--option`` per field of ``TrainConfig`` and its ``RecurrentArch`` (declared there,
+    with their help): left out, a field keeps the dataset's recommended value."""
+    import dataclasses
+    import typing
+
+    from models.recurrent import RecurrentArch
+    from pipeline.train_config import TrainConfig
+
+    out = []
+    for cls in (RecurrentArch, TrainConfig):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in ("dataset", "arch") or not f.metadata.get("cli", True):
+                continue
+            hint = hints[f.name]
+            kind = hint if hint in (bool, int, float) else str  # tuples: comma-separated
+            flags = [f.metadata.get("flag", f"--{f.name.replace('_', '-')}")]
+            if f.name == "cell":
+                flags.append("--model")  # the name before the catalogue; kept for scripts
+            if kind is bool:
+                flags = [f"{flags[0]}/--no-{flags[0][2:]}"]
+            option = typer.Option(*flags, help=f.metadata.get("help"))
+            annotation = Annotated[kind | None, option]  # type: ignore[valid-type]
+            out.append(inspect.Parameter(f.name, _KW, default=None, annotation=annotation))
+    return out
+
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+#: ``ecg train``'s own options (the rest are the configuration's, :func:`_config_options`).
+_TRAIN_RUN_OPTIONS: list[inspect.Parameter] = [
+    inspect.Parameter("dataset", _KW, annotation=Annotated[
+        str, typer.Option(help="A catalogue dataset: mitdb (AAMI beats), ptb-xl (superclasses).")
+    ]),
+    inspect.Parameter("register", _KW, default=True, annotation=Annotated[
         bool, typer.Option(help="Register the model; move @champion only if it is better.")
-    ] = True,
-    data_dir: Annotated[
+    ]),
+    inspect.Parameter("data_dir", _KW, default=None, annotation=Annotated[
         Path | None, typer.Option(help="Holds processed/<dataset>/ (default: ECG_DATA_DIR).")
-    ] = None,
-    experiment: Annotated[
-        str | None, typer.Option(help="MLflow experiment (default: ecg-arrhythmia|-heart-disease).")
-    ] = None,
-    tracking_uri: Annotated[
+    ]),
+    inspect.Parameter("experiment", _KW, default=None, annotation=Annotated[
+        str | None, typer.Option(help="MLflow experiment (default: the task's).")
+    ]),
+    inspect.Parameter("tracking_uri", _KW, default=None, annotation=Annotated[
         str | None,
         typer.Option(help="MLflow tracking URI (default: env, else sqlite:///mlflow.db)."),
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Progress bar per epoch.")] = True,
-) -> None:
+    ]),
+    inspect.Parameter("progress", _KW, default=True, annotation=Annotated[
+        bool, typer.Option(help="Progress bar per epoch.")
+    ]),
+]  # fmt: skip
+
+
+def train(**options: Any) -> None:
     """Train a GRU/LSTM, log it to MLflow (params, per-epoch metrics, test figures, model).
 
-    Options left out take the dataset's recommended values (pipeline.train.RECOMMENDED, the
-    configurations behind the reported figures).
+    Options left out take the dataset's recommended values (pipeline.train_config.RECOMMENDED,
+    the configurations behind the reported figures).
     """
-    from pipeline.train import TrainConfig, TrainingInterrupted
+    from pipeline.train import TrainingInterrupted
     from pipeline.train import train as run_training
+    from pipeline.train_config import TrainConfig
 
-    given = {
-        "model": model, "num_layers": layers, "hidden_size": hidden_size,
-        "bidirectional": bidirectional, "dropout": dropout, "patch_size": patch_size,
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-        "seed": seed, "patience": patience, "class_per_epoch": class_per_epoch,
-        "class_weight_power": class_weight_power, "class_weight_cap": class_weight_cap,
-        "rr_features": _csv(rr_features), "val_records": _csv(val_records),
-        "beat_normalise": beat_normalise, "rr_in_sequence": rr_in_sequence,
-        "signal_dropout": signal_dropout, "augment_scale": augment_scale,
-        "num_threads": num_threads,
-    }  # fmt: skip
+    run = {p.name: options.pop(p.name) for p in _TRAIN_RUN_OPTIONS}
+    for key in ("rr_features", "val_records"):
+        options[key] = _csv(options[key])
+    given = {k: v for k, v in options.items() if v is not None}
     try:
-        cfg = TrainConfig.recommended(dataset, **{k: v for k, v in given.items() if v is not None})
+        cfg = TrainConfig.recommended(run["dataset"], **given)
         result = run_training(
             cfg,
-            data_dir=data_dir or get_settings().data_dir,
-            experiment=experiment,
-            tracking_uri=tracking_uri,
-            register=register,
-            progress=progress,
+            data_dir=run["data_dir"] or get_settings().data_dir,
+            experiment=run["experiment"],
+            tracking_uri=run["tracking_uri"],
+            register=run["register"],
+            progress=run["progress"],
         )
     except _tracking_errors() as err:
         raise _fail(err) from None
@@ -217,6 +214,10 @@ def train(
         typer.secho(f"interrupted: MLflow run {err.run_id} marked KILLED; nothing registered",
                     fg=typer.colors.YELLOW, err=True)  # fmt: skip
         raise typer.Exit(code=130) from None
+    _print_result(result)
+
+
+def _print_result(result: Any) -> None:
     typer.echo(f"run {result.run_id}: best epoch {result.best_epoch}, "
                f"{result.selection_metric} {result.best_val:.4f}")  # fmt: skip
     shown = ("macro_f1", "accuracy", "macro_auc", "heart_disease_auc")
@@ -226,6 +227,12 @@ def train(
         typer.echo(f"registered {reg.model_name} v{reg.version}")
         if reg.decision is not None:
             typer.echo(reg.decision.summary())
+
+
+_train_params = [*_TRAIN_RUN_OPTIONS, *_config_options()]
+train.__signature__ = inspect.Signature(_train_params)  # type: ignore[attr-defined]
+train.__annotations__ = {p.name: p.annotation for p in _train_params}
+app.command()(train)
 
 
 # --------------------------------------------------------------------------- registry

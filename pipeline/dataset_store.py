@@ -9,6 +9,7 @@ lengths and the content hash, and names ``ecg prepare`` as the cure for anything
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,18 +20,21 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from models.preprocessing import PreprocessConfig, assemble_beat_inputs
+from models.preprocessing import PreprocessConfig, assemble_beat_inputs, normalise_beats
+from models.tasks import DATASETS, DatasetSpec, InputKind, dataset_spec
 from pipeline.errors import UserError
 
 __all__ = [
-    "DATASETS",
     "FORMAT_VERSION",
     "SPLITS",
     "Dataset",
+    "DatasetSplits",
+    "InputOptions",
+    "Split",
     "content_sha256",
     "load_dataset",
     "write_atomically",
@@ -40,12 +44,11 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-#: Dataset name -> PhysioNet database directory.
-DATASETS: dict[str, str] = {"mitdb": "mitdb", "ptb-xl": "ptb-xl"}
 _MANIFEST = "manifest.json"
 _ARRAYS = "arrays.npz"
-_REQUIRED_ARRAYS: dict[str, dict[str, str]] = {
-    "mitdb": {
+#: Arrays every dataset of an input kind holds, with their dtypes ("U": unicode strings).
+_REQUIRED_ARRAYS: dict[InputKind, dict[str, str]] = {
+    "beats": {
         "waves": "float32",
         "rr": "float32",
         "labels": "int64",
@@ -54,7 +57,7 @@ _REQUIRED_ARRAYS: dict[str, dict[str, str]] = {
         "sample": "int64",
         "split": "U",
     },
-    "ptb-xl": {
+    "record": {
         "signals": "float32",
         "labels": "float32",
         "record": "U",
@@ -66,6 +69,45 @@ _REQUIRED_ARRAYS: dict[str, dict[str, str]] = {
 
 # =========================================================================== loading
 @dataclass(frozen=True)
+class InputOptions:
+    """How model inputs are cut from a beat dataset's arrays (record datasets take them whole).
+
+    Attributes
+    ----------
+    rr_features : tuple of str, optional
+        The subset (and order) of the dataset's RR features fed to the model; None keeps all.
+    beat_normalise : {"dataset", "zscore"}
+        Keep the dataset's beat windows, or z-score each window (as serving's ``beat_windows``
+        does when the model card says so).
+    """
+
+    rr_features: tuple[str, ...] | None = None
+    beat_normalise: Literal["dataset", "zscore"] = "dataset"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Model inputs and targets of one split.
+
+    Attributes
+    ----------
+    name : str
+        ``"train"``, ``"val"`` or ``"test"``.
+    x : np.ndarray
+        float32 ``(n, T, C)`` (see :meth:`Dataset.inputs`).
+    y : np.ndarray
+        int64 ``(n,)`` class indices, or float32 ``(n, K)`` multi-hot.
+    records : list of str
+        Sorted record names of its items.
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    records: list[str]
+
+
+@dataclass(frozen=True)
 class Dataset:
     """A prepared dataset in memory.
 
@@ -76,7 +118,7 @@ class Dataset:
     manifest : dict
         ``manifest.json``.
     arrays : dict of str to np.ndarray
-        The contents of ``arrays.npz`` (see the module docstring for keys, shapes and dtypes).
+        The contents of ``arrays.npz`` (see :mod:`pipeline.datasets` for keys, shapes, dtypes).
     """
 
     path: Path
@@ -86,6 +128,11 @@ class Dataset:
     @property
     def name(self) -> str:
         return str(self.manifest["dataset"])
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """Its catalogue entry (task, input kind, default patch size)."""
+        return dataset_spec(self.name)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -111,31 +158,137 @@ class Dataset:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return self.arrays["split"] == split
 
-    def inputs(self, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Model inputs and targets of a split.
+    def inputs(
+        self, where: str | np.ndarray | None = None, options: InputOptions | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs and targets of a split (a name, a boolean ``(n,)`` mask, None: all).
 
         Returns
         -------
         X : np.ndarray
-            float32 ``(n, T, C)``: mitdb ``(n, w, 1 + f)`` beat windows with RR channels
-            (:func:`models.preprocessing.assemble_beat_inputs`); ptb-xl ``(n, 1000, 12)``.
+            float32 ``(n, T, C)``: beats ``(n, w, 1 + f)``, the beat window then its RR channels
+            (:func:`models.preprocessing.assemble_beat_inputs`); records ``(n, samples, leads)``
+            (PTB-XL ``(n, 1000, 12)`` at 100 Hz).
         y : np.ndarray
-            mitdb int64 ``(n,)`` class indices; ptb-xl float32 ``(n, 5)`` multi-hot.
+            int64 ``(n,)`` class indices (beats) or float32 ``(n, K)`` multi-hot (records).
         """
-        m = self.mask(split)
-        if self.name == "mitdb":
-            x = assemble_beat_inputs(self.arrays["waves"][m], self.arrays["rr"][m])
-        else:
-            x = np.ascontiguousarray(self.arrays["signals"][m], dtype=np.float32)
-        return x, self.arrays["labels"][m]
+        m = where if isinstance(where, np.ndarray) else self.mask(where)
+        a, opts = self.arrays, options or InputOptions()
+        if not self.spec.is_beats:
+            return np.ascontiguousarray(a["signals"][m], dtype=np.float32), a["labels"][m]
+        rr = a["rr"][m]
+        if opts.rr_features is not None:
+            rr = rr[:, self._rr_columns(opts.rr_features)]
+        waves = a["waves"][m]
+        if opts.beat_normalise == "zscore":
+            waves = normalise_beats(waves, "zscore")  # what serving's beat_windows does
+        return assemble_beat_inputs(waves, rr), a["labels"][m]
 
-    def records(self, split: str | None = None) -> list[str]:
-        """Sorted record names in a split."""
-        return sorted(set(self.arrays["record"][self.mask(split)].tolist()))
+    def _rr_columns(self, wanted: tuple[str, ...]) -> list[int]:
+        have = list(self.preprocess.rr_features)
+        unknown = [f for f in wanted if f not in have]
+        if unknown:
+            raise UserError(
+                f"RR features {unknown} are not in dataset {self.path} (it has {have}); "
+                "re-prepare it with them or choose among these"
+            )
+        return [have.index(f) for f in wanted]
+
+    def records(self, split: str | np.ndarray | None = None) -> list[str]:
+        """Sorted record names in a split (a name, a boolean mask, or None: all)."""
+        m = split if isinstance(split, np.ndarray) else self.mask(split)
+        return sorted(set(self.arrays["record"][m].tolist()))
 
     def patients(self, split: str | None = None) -> list[str]:
         """Sorted patient ids in a split."""
         return sorted(set(self.arrays["patient"][self.mask(split)].tolist()))
+
+    def splits(
+        self, val_records: tuple[str, ...] | None = None, options: InputOptions | None = None
+    ) -> DatasetSplits:
+        """The train / validation / test splits a training run uses.
+
+        Parameters
+        ----------
+        val_records : tuple of str, optional
+            Beat datasets: training/validation records to validate on instead of the
+            dataset's validation split (the others of the two train).
+        options : InputOptions, optional
+            How inputs are cut (default: as stored).
+
+        Raises
+        ------
+        UserError
+            Unknown validation records or RR features, or an empty train or validation split.
+        """
+        opts = options or InputOptions()
+        if opts.rr_features is not None:
+            self._rr_columns(opts.rr_features)  # fail now, not after the first epoch
+        masks = {s: self.mask(s) for s in SPLITS}
+        if val_records:
+            records = self.arrays["record"]
+            pool = masks["train"] | masks["val"]
+            available = sorted(set(records[pool].tolist()))
+            unknown = sorted(set(val_records) - set(available))
+            if unknown:
+                raise UserError(
+                    f"--val-records {unknown} are not training/validation records of "
+                    f"{self.path}; choose among {available}"
+                )
+            is_val = np.isin(records, list(val_records)) & pool
+            masks["val"], masks["train"] = is_val, pool & ~is_val
+        for s in ("train", "val"):
+            if not masks[s].any():
+                raise UserError(
+                    f"dataset {self.path} has no {s} items; re-run `ecg prepare {self.name}`"
+                )
+        return DatasetSplits(self, masks, opts)
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A dataset cut into a run's splits; inputs are built when asked for.
+
+    Training asks for ``"train"`` and ``"val"`` at the start and for ``"test"`` once, at the end.
+
+    Attributes
+    ----------
+    dataset : Dataset
+    masks : dict of str to np.ndarray
+        Boolean ``(n,)`` mask per split name.
+    options : InputOptions
+    """
+
+    dataset: Dataset
+    masks: dict[str, np.ndarray]
+    options: InputOptions
+
+    def split(self, name: str) -> Split:
+        """Inputs, targets and records of split ``name``."""
+        m = self.masks[name]
+        x, y = self.dataset.inputs(m, self.options)
+        return Split(name, x, y, self.dataset.records(m))
+
+    def records(self) -> dict[str, list[str]]:
+        """Sorted record names per split (without building any input)."""
+        return {s: self.dataset.records(m) for s, m in self.masks.items()}
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The preprocessing that turns raw ECG into these inputs (what the model card holds)."""
+        pre = self.dataset.preprocess
+        if self.options.rr_features is not None:
+            pre = dataclasses.replace(pre, rr_features=tuple(self.options.rr_features))
+        if self.options.beat_normalise == "zscore":
+            pre = dataclasses.replace(pre, beat_normalise="zscore")
+        return pre
+
+    @property
+    def n_signal_channels(self) -> int:
+        """Leading input channels that carry the signal (beats: the waveform; records: all)."""
+        if self.dataset.spec.is_beats:
+            return 1
+        return int(self.dataset.arrays["signals"].shape[2])
 
 
 def content_sha256(arrays: dict[str, np.ndarray]) -> str:
@@ -171,7 +324,7 @@ def load_dataset(path: Path | str, *, verify: bool = True) -> Dataset:
         return UserError(f"dataset {path}: {what}; re-run `ecg prepare {name}`")
 
     if not path.is_dir():
-        which = name if name in DATASETS else "mitdb|ptb-xl"
+        which = name if name in DATASETS else "|".join(DATASETS)
         raise UserError(f"dataset {path} does not exist; build it with `ecg prepare {which}`")
     try:
         manifest = json.loads((path / _MANIFEST).read_text())
@@ -184,9 +337,10 @@ def load_dataset(path: Path | str, *, verify: bool = True) -> Dataset:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise fail(f"format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
     kind = manifest.get("dataset")
-    if kind not in _REQUIRED_ARRAYS:
+    if kind not in DATASETS:
         raise fail(f"unknown dataset kind {kind!r} in {_MANIFEST}")
     name = str(kind)
+    required = _REQUIRED_ARRAYS[DATASETS[name].input_kind]
     try:
         with np.load(path / _ARRAYS, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -195,16 +349,16 @@ def load_dataset(path: Path | str, *, verify: bool = True) -> Dataset:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise fail(f"{_ARRAYS} is damaged ({type(err).__name__}: {err})") from None
 
-    missing = [k for k in _REQUIRED_ARRAYS[name] if k not in arrays]
+    missing = [k for k in required if k not in arrays]
     if missing:
         raise fail(f"{_ARRAYS} lacks arrays {missing}")
-    for key, kind_ in _REQUIRED_ARRAYS[name].items():
+    for key, kind_ in required.items():
         a = arrays[key]
         ok = a.dtype.kind == "U" if kind_ == "U" else a.dtype == np.dtype(kind_)
         if not ok:
             raise fail(f"array {key!r} has dtype {a.dtype}, expected {kind_}")
     n = manifest.get("n_items")
-    lengths = {k: int(arrays[k].shape[0]) for k in _REQUIRED_ARRAYS[name]}
+    lengths = {k: int(arrays[k].shape[0]) for k in required}
     if set(lengths.values()) != {n}:
         raise fail(f"array lengths {lengths} do not all equal n_items={n}")
     bad_splits = sorted(set(arrays["split"].tolist()) - set(SPLITS))
@@ -225,7 +379,7 @@ def load_dataset(path: Path | str, *, verify: bool = True) -> Dataset:
 
 
 def _input_shape(ds: Dataset) -> list[int]:
-    if ds.name == "mitdb":
+    if ds.spec.is_beats:
         return [int(ds.arrays["waves"].shape[1]), 1 + int(ds.arrays["rr"].shape[1])]
     return [int(ds.arrays["signals"].shape[1]), int(ds.arrays["signals"].shape[2])]
 

@@ -59,6 +59,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -81,13 +82,11 @@ from models.preprocessing import (
     beat_inputs,
     detect_rpeaks,
 )
+from models.tasks import DatasetSpec, UnknownNameError, dataset_spec
 from pipeline.dataset_store import (
-    DATASETS,
     FORMAT_VERSION,
     SPLITS,
-    Dataset,
     content_sha256,
-    load_dataset,
     write_atomically,
 )
 from pipeline.errors import UserError
@@ -99,17 +98,7 @@ from pipeline.records import (
     read_record,
 )
 
-__all__ = [
-    "DATASETS",
-    "FORMAT_VERSION",
-    "MITDB_PREPROCESS",
-    "PTBXL_PREPROCESS",
-    "SPLITS",
-    "Dataset",
-    "content_sha256",
-    "load_dataset",
-    "prepare_dataset",
-]
+__all__ = ["BUILDERS", "R_PEAK_SOURCES", "BuildRequest", "prepare_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,21 +107,38 @@ R_PEAK_SOURCES: tuple[str, ...] = ("annotated", "detected")
 #: Largest distance between a detected peak and the reference beat it is labelled from (EC57).
 MATCH_TOLERANCE_S = 0.150
 
-#: MIT-BIH beats: MLII at 125 Hz, median baseline removal and 0.5-40 Hz band-pass (de Chazal
-#: 2004), no normalisation of the record (each beat window has its median subtracted).
-MITDB_PREPROCESS = PreprocessConfig()
-
-#: PTB-XL 10-s, 12-lead records at their 100 Hz rate: no resampling; zero-phase 0.5-40 Hz
-#: band-pass only (the median baseline filter is left out: it would flatten ST-segment shifts that
-#: MI and STTC are read from; a zero-phase 0.5 Hz high-pass keeps them, Kligfield et al. 2007);
-#: each lead z-scored over the record, as in the PTB-XL benchmark (Strodthoff et al. 2021).
-PTBXL_PREPROCESS = PreprocessConfig(
-    fs_target=100.0, baseline="none", normalise="zscore", beat_normalise="none"
-)
-
 _VERSION_RE = re.compile(r"^\d+(\.\d+)*$")
 _PTBXL_SECONDS = 10.0
 _PTBXL_SPLIT_OF_FOLD = {**dict.fromkeys(range(1, 9), "train"), 9: "val", 10: "test"}
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a dataset builder gets.
+
+    Attributes
+    ----------
+    spec : DatasetSpec
+        The dataset's catalogue entry.
+    src : Path
+        ``<raw_root>/<database>/<version>`` of its main database.
+    cfg : PreprocessConfig
+    workers : int
+        Processes reading records in parallel.
+    r_peaks : {"annotated", "detected"}
+        Beat datasets: where beat windows are centred.
+    """
+
+    spec: DatasetSpec
+    src: Path
+    cfg: PreprocessConfig
+    workers: int
+    r_peaks: str = "annotated"
+
+
+#: A builder reads a download and returns the dataset's arrays and its own manifest entries
+#: (``classes``, ``leads``, ``channels``, ``input_shape``, ``raw_fs``, ``excluded``, ...).
+Builder = Callable[[BuildRequest], tuple[dict[str, np.ndarray], dict[str, Any]]]
 
 
 # =========================================================================== building
@@ -150,7 +156,8 @@ def prepare_dataset(
 
     Parameters
     ----------
-    dataset : {"mitdb", "ptb-xl"}
+    dataset : str
+        A name in :data:`models.tasks.DATASETS` ("mitdb", "ptb-xl").
     raw_root : Path
         Holds ``<db>/<version>/`` exactly as PhysioNet serves it.
     processed_root : Path
@@ -158,7 +165,7 @@ def prepare_dataset(
     version : str, optional
         Database version to use; default: the highest version downloaded.
     cfg : PreprocessConfig, optional
-        Default :data:`MITDB_PREPROCESS` or :data:`PTBXL_PREPROCESS`.
+        Default: the catalogue's (:attr:`models.tasks.DatasetSpec.preprocess`).
     workers : int, optional
         Processes reading records in parallel (default: the CPU count, at most 8).
     r_peaks : {"annotated", "detected"}
@@ -175,19 +182,18 @@ def prepare_dataset(
     UserError
         Unknown dataset, no download, or no usable record in it.
     """
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
+    try:
+        spec = dataset_spec(dataset)
+    except UnknownNameError as err:
+        raise UserError(str(err)) from None
     if r_peaks not in R_PEAK_SOURCES:
         raise UserError(f"unknown R-peak source {r_peaks!r}; expected one of {R_PEAK_SOURCES}")
-    database = DATASETS[dataset]
+    database = spec.database
     src, version = _source_dir(Path(raw_root), database, version)
     workers = max(1, workers if workers is not None else min(os.cpu_count() or 1, 8))
     t0 = time.perf_counter()
-    cfg = cfg or (MITDB_PREPROCESS if dataset == "mitdb" else PTBXL_PREPROCESS)
-    if dataset == "mitdb":
-        arrays, manifest = _build_mitdb(src, cfg, workers, r_peaks)
-    else:
-        arrays, manifest = _build_ptbxl(src, cfg, workers)
+    cfg = cfg or spec.preprocess
+    arrays, manifest = BUILDERS[dataset](BuildRequest(spec, src, cfg, workers, r_peaks))
     manifest = {
         "format_version": FORMAT_VERSION,
         "dataset": dataset,
@@ -319,9 +325,9 @@ def _mitdb_split(record: str) -> str:
     return "val" if record in MITDB_VAL_RECORDS else "train"
 
 
-def _build_mitdb(
-    src: Path, cfg: PreprocessConfig, workers: int, r_peaks: str
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _build_mitdb(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """MIT-BIH beats of DS1 and DS2 (de Chazal 2004), one item per AAMI-labelled beat."""
+    src, cfg, workers, r_peaks = req.src, req.cfg, req.workers, req.r_peaks
     wanted = sorted(DS1_RECORDS + DS2_RECORDS)
     excluded: dict[str, Any] = {
         "paced": _excluded("paced beats (AAMI EC57)", sorted(PACED_RECORDS)),
@@ -390,7 +396,7 @@ def _build_mitdb(
     w = int(arrays["waves"].shape[1])
     manifest: dict[str, Any] = {
         "classes": list(AAMI_CLASSES),
-        "leads": [MITDB_LEAD],
+        "leads": list(req.spec.leads),
         "channels": ["wave", *cfg.rr_features],
         "input_shape": [w, 1 + len(cfg.rr_features)],
         "raw_fs": sorted({float(r["fs"]) for r in good}),
@@ -453,10 +459,11 @@ def _ptbxl_record(args: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     return {"signal": x, "leads": rec.leads, "fs": rec.fs}
 
 
-def _build_ptbxl(
-    src: Path, cfg: PreprocessConfig, workers: int
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _build_ptbxl(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """PTB-XL records (one item each) with their diagnostic superclasses and strat_fold split."""
     import pandas as pd
+
+    src, cfg, workers = req.src, req.cfg, req.workers
 
     table_path, scp_path = src / "ptbxl_database.csv", src / "scp_statements.csv"
     for p in (table_path, scp_path):
@@ -504,7 +511,7 @@ def _build_ptbxl(
     jobs = [(str(src / f), cfg.to_dict()) for f in table["filename_lr"]]
     results = list(_parallel_map(_ptbxl_record, jobs, workers, chunksize=32))
     n_expected = round(_PTBXL_SECONDS * cfg.fs_target)
-    leads: tuple[str, ...] | None = None
+    leads = req.spec.leads
     keep = np.zeros(len(results), dtype=bool)
     signals: list[np.ndarray] = []
     problems: dict[str, str] = {}
@@ -513,8 +520,6 @@ def _build_ptbxl(
             problems[str(ecg_id)] = r["error"]
             continue
         x = r["signal"]
-        if leads is None:
-            leads = tuple(r["leads"])
         if tuple(r["leads"]) != leads:
             if sorted(r["leads"]) != sorted(leads):
                 problems[str(ecg_id)] = f"leads {list(r['leads'])}, expected {list(leads)}"
@@ -548,7 +553,6 @@ def _build_ptbxl(
         "split": np.array([_PTBXL_SPLIT_OF_FOLD[int(f)] for f in folds]),
         "fold": folds,
     }
-    leads = leads or ()
     manifest = {
         "classes": list(PTBXL_SUPERCLASSES),
         "leads": list(leads),
@@ -614,3 +618,7 @@ def _package_version() -> str | None:
         return metadata.version("ecg-service")
     except metadata.PackageNotFoundError:
         return None
+
+
+#: Dataset name -> the builder that reads its download (one per catalogue entry).
+BUILDERS: dict[str, Builder] = {"mitdb": _build_mitdb, "ptb-xl": _build_ptbxl}

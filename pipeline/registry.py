@@ -1,11 +1,12 @@
 """MLflow Model Registry: register a training run, move ``champion`` only to a better model.
 
-Arrhythmia models are registered as ``ecg-arrhythmia``, heart-disease models as
-``ecg-heart-disease``. Every version carries its validation selection metric as tags
-(``ecg.selection_metric``, ``ecg.selection_value``: validation macro-F1 over N, S, V, F for
-arrhythmia, validation macro-AUC for heart disease). The alias ``champion`` moves to a new version
-only when its value is strictly higher than the current champion's; the decision and both values
-are written on the candidate version (tags and description) and returned for the CLI to print.
+Each task's models are registered under the task's name in the catalogue (:mod:`models.tasks`:
+``ecg-arrhythmia``, ``ecg-heart-disease``). Every version carries its validation selection
+metric as tags (``ecg.selection_metric``, ``ecg.selection_value``: validation macro-F1 over N,
+S, V, F for arrhythmia, validation macro-AUC for heart disease). The alias ``champion`` moves to
+a new version only when its value is strictly higher than the current champion's; the decision
+and both values are written on the candidate version (tags and description) and returned for the
+CLI to print.
 The service loads ``models:/<name>@champion``.
 
 Registration is all or nothing: if anything fails after the version is created (tags, the
@@ -21,11 +22,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from models.tasks import (
+    TAG_CELL,
+    TAG_DATASET_SHA256,
+    TAG_SELECTION_METRIC,
+    TAG_SELECTION_VALUE,
+    TAG_TASK,
+    TASKS,
+    best_metric_of,
+)
 from pipeline.errors import UserError
 
 __all__ = [
     "CHAMPION_ALIAS",
-    "MODEL_NAMES",
     "PromotionDecision",
     "Registration",
     "promote",
@@ -35,12 +44,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
-#: Task (run tag ``ecg.task``) -> registered model name.
-MODEL_NAMES: dict[str, str] = {"arrhythmia": "ecg-arrhythmia", "heart-disease": "ecg-heart-disease"}
-
-_TAG_METRIC = "ecg.selection_metric"
-_TAG_VALUE = "ecg.selection_value"
-_TAG_TASK = "ecg.task"
 
 
 @dataclass(frozen=True)
@@ -120,12 +123,12 @@ def _run_model(client: Any, run: Any) -> Any:
 
 
 def _selection(run: Any) -> tuple[str, float]:
-    metric = run.data.tags.get(_TAG_METRIC)
+    metric = run.data.tags.get(TAG_SELECTION_METRIC)
     if not metric:
         raise UserError(
-            f"run {run.info.run_id} has no {_TAG_METRIC} tag; was it made by `ecg train`?"
+            f"run {run.info.run_id} has no {TAG_SELECTION_METRIC} tag; was it made by `ecg train`?"
         )
-    key = f"best_{metric}"
+    key = best_metric_of(metric)
     if key not in run.data.metrics:
         raise UserError(f"run {run.info.run_id} has no metric {key}; it did not finish training")
     return metric, float(run.data.metrics[key])
@@ -176,10 +179,10 @@ def register_run(
         ) from None
     if run.info.status != "FINISHED":
         raise UserError(f"run {run_id} is {run.info.status}; only FINISHED runs are registered")
-    task = run.data.tags.get(_TAG_TASK)
-    if task not in MODEL_NAMES:
-        raise UserError(f"run {run_id} has no known {_TAG_TASK} tag (got {task!r})")
-    name = model_name or MODEL_NAMES[task]
+    task = run.data.tags.get(TAG_TASK)
+    if task not in TASKS:
+        raise UserError(f"run {run_id} has no known {TAG_TASK} tag (got {task!r})")
+    name = model_name or TASKS[task].model_name
     metric, value = _selection(run)
     logged = _run_model(client, run)
 
@@ -188,13 +191,13 @@ def register_run(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(
-            name, tags={_TAG_TASK: task, _TAG_METRIC: metric},
+            name, tags={TAG_TASK: task, TAG_SELECTION_METRIC: metric},
             description=f"ECG {task} model; @{CHAMPION_ALIAS} = best {metric} so far",
         )  # fmt: skip
         created_model = True
     mv = None
     try:
-        existing = client.get_registered_model(name).tags.get(_TAG_TASK)
+        existing = client.get_registered_model(name).tags.get(TAG_TASK)
         if existing and existing != task:
             raise UserError(f"registered model {name!r} holds {existing} models, not {task}")
         mv = client.create_model_version(
@@ -203,11 +206,11 @@ def register_run(
             run_id=run_id,
             model_id=logged.model_id,
             tags={
-                _TAG_TASK: task,
-                _TAG_METRIC: metric,
-                _TAG_VALUE: repr(value),
-                "ecg.dataset_sha256": run.data.tags.get("ecg.dataset_sha256", ""),
-                "ecg.model": run.data.tags.get("ecg.model", ""),
+                TAG_TASK: task,
+                TAG_SELECTION_METRIC: metric,
+                TAG_SELECTION_VALUE: repr(value),
+                TAG_DATASET_SHA256: run.data.tags.get(TAG_DATASET_SHA256, ""),
+                TAG_CELL: run.data.tags.get(TAG_CELL, ""),
             },
         )
         _wait_ready(client, name, mv.version)
@@ -248,10 +251,10 @@ def promote(
 
 
 def _value_of(mv: Any) -> tuple[str, float]:
-    metric, raw = mv.tags.get(_TAG_METRIC), mv.tags.get(_TAG_VALUE)
+    metric, raw = mv.tags.get(TAG_SELECTION_METRIC), mv.tags.get(TAG_SELECTION_VALUE)
     if not metric or raw is None:
         raise UserError(
-            f"{mv.name} v{mv.version} has no {_TAG_METRIC}/{_TAG_VALUE} tags; "
+            f"{mv.name} v{mv.version} has no {TAG_SELECTION_METRIC}/{TAG_SELECTION_VALUE} tags; "
             "register it with `ecg register --run-id`"
         )
     return metric, float(raw)

@@ -21,7 +21,6 @@ from pipeline.errors import UserError
 from pipeline.settings import PipelineSettings, get_settings
 
 __all__ = [
-    "DEFAULT_EXPERIMENTS",
     "DEFAULT_TRACKING_URI",
     "check_reachable",
     "ensure_experiment",
@@ -36,9 +35,6 @@ _URI_ENV_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 #: The store used when neither ECG_MLFLOW_TRACKING_URI nor MLFLOW_TRACKING_URI is set.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
-#: Experiment per dataset when ``--experiment`` is not given.
-DEFAULT_EXPERIMENTS: dict[str, str] = {"mitdb": "ecg-arrhythmia", "ptb-xl": "ecg-heart-disease"}
 
 
 def resolve_tracking_uri(

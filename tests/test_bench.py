@@ -14,7 +14,8 @@ from bench.served_peaks import peak_offsets, score_as_served
 from models.labels import MITDB_SYMBOL_TO_AAMI, WFDB_BEAT_SYMBOLS
 from models.predictor import ArrhythmiaPredictor, load_predictor
 from pipeline.records import read_annotations
-from pipeline.train import TrainConfig, train
+from pipeline.train import train
+from pipeline.train_config import TrainConfig
 
 
 def test_served_peaks_scores_whole_records_from_detected_peaks(
@@ -22,7 +23,7 @@ def test_served_peaks_scores_whole_records_from_detected_peaks(
 ) -> None:
     data_dir = build_tiny_mitdb(shared_physionet, tmp_path / "data")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = TrainConfig(dataset="mitdb", hidden_size=8, epochs=1, class_per_epoch=300)
+    cfg = TrainConfig(dataset="mitdb", epochs=1, class_per_epoch=300).updated(hidden_size=8)
     res = train(cfg, data_dir=data_dir, tracking_uri=uri, register=False, progress=False)
     predictor = load_predictor(res.model_uri, tracking_uri=uri)
     assert isinstance(predictor, ArrhythmiaPredictor)

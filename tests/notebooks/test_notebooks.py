@@ -12,7 +12,8 @@ from nbclient import NotebookClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
 from training_data import build_tiny_mitdb
 
-from pipeline.train import TrainConfig, train
+from pipeline.train import train
+from pipeline.train_config import TrainConfig
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -60,7 +61,9 @@ def test_review_models_runs_against_a_registered_champion(
     data_dir = build_tiny_mitdb(shared_physionet, tmp_path / "data")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for cell in ("gru", "lstm"):
-        cfg = TrainConfig(dataset="mitdb", model=cell, hidden_size=8, epochs=1, class_per_epoch=300)
+        cfg = TrainConfig(dataset="mitdb", epochs=1, class_per_epoch=300).updated(
+            cell=cell, hidden_size=8
+        )
         train(cfg, data_dir=data_dir, tracking_uri=uri, register=True, progress=False)
     nb = _execute(
         "02-review-models.ipynb",

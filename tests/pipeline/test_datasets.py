@@ -15,7 +15,6 @@ import pytest
 from wfdb.processing import compare_annotations
 
 import pipeline.dataset_store as dataset_store
-import pipeline.datasets as datasets
 from models.labels import (
     AAMI_CLASSES,
     DS1_RECORDS,
@@ -26,7 +25,8 @@ from models.labels import (
     WFDB_BEAT_SYMBOLS,
 )
 from models.preprocessing import beat_inputs, detect_rpeaks
-from pipeline.datasets import SPLITS, load_dataset, prepare_dataset
+from pipeline.dataset_store import SPLITS, Dataset, load_dataset
+from pipeline.datasets import prepare_dataset
 from pipeline.errors import UserError
 from pipeline.records import read_annotations, read_record
 
@@ -42,7 +42,7 @@ def _aami_counts(db: Path, record: str) -> Counter[str]:
     return Counter(MITDB_SYMBOL_TO_AAMI[s] for s in ann.symbol if s in MITDB_SYMBOL_TO_AAMI)
 
 
-def _assert_parity(ds: datasets.Dataset, db: Path, record: str) -> None:
+def _assert_parity(ds: Dataset, db: Path, record: str) -> None:
     """The stored model input equals beat_inputs() on the raw record: train/serve parity.
 
     With detected peaks, the items are the detector's peaks matched to labelled reference beats.
@@ -65,7 +65,7 @@ def _assert_parity(ds: datasets.Dataset, db: Path, record: str) -> None:
     assert np.all(np.abs(ds.arrays["sample"][m] - ds.arrays["ref_sample"][m]) <= 0.15 * raw.fs)
 
 
-def _assert_patients_disjoint(ds: datasets.Dataset) -> None:
+def _assert_patients_disjoint(ds: Dataset) -> None:
     sets = {s: set(ds.patients(s)) for s in SPLITS}
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:

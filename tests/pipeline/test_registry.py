@@ -16,7 +16,8 @@ from pipeline.errors import UserError
 from pipeline.registry import CHAMPION_ALIAS, promote, register_run
 from pipeline.settings import get_settings
 from pipeline.tracking import DEFAULT_TRACKING_URI, ensure_experiment, resolve_tracking_uri
-from pipeline.train import TrainConfig, TrainingInterrupted, train
+from pipeline.train import TrainingInterrupted, train
+from pipeline.train_config import TrainConfig
 
 TINY = {"hidden_size": 8, "batch_size": 256, "class_per_epoch": 600, "num_threads": 1}
 
@@ -38,16 +39,16 @@ def runs(shared_physionet: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     mp.setenv("ECG_MLFLOW_ARTIFACT_DIR", str(root / "mlartifacts"))
     get_settings.cache_clear()
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    a = train(TrainConfig(dataset="mitdb", model="gru", epochs=2, **TINY), data_dir=data,
+    a = train(TrainConfig(epochs=2).updated(cell="gru", **TINY), data_dir=data,
               tracking_uri=uri, progress=False)  # fmt: skip
-    b = train(TrainConfig(dataset="mitdb", model="lstm", epochs=1, seed=3, **TINY), data_dir=data,
+    b = train(TrainConfig(epochs=1, seed=3).updated(cell="lstm", **TINY), data_dir=data,
               tracking_uri=uri, progress=False)  # fmt: skip
 
     def stop(epoch: int, batch: int) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted) as info:
-        train(TrainConfig(dataset="mitdb", epochs=1, **TINY), data_dir=data, tracking_uri=uri,
+        train(TrainConfig(epochs=1).updated(**TINY), data_dir=data, tracking_uri=uri,
               progress=False, callbacks=[stop])  # fmt: skip
     yield Runs(uri, a, b, info.value.run_id)
     mp.undo()

@@ -20,16 +20,11 @@ from models.labels import AAMI_CLASSES, PTBXL_SUPERCLASSES, WFDB_BEAT_SYMBOLS
 from models.predictor import ArrhythmiaPredictor, HeartDiseasePredictor, load_predictor
 from models.segment import Segment
 from pipeline.cli import app
-from pipeline.datasets import load_dataset
+from pipeline.dataset_store import load_dataset
 from pipeline.errors import UserError
 from pipeline.records import read_annotations, read_record
-from pipeline.train import (
-    TrainConfig,
-    TrainingInterrupted,
-    _split_masks,
-    class_weights,
-    train,
-)
+from pipeline.train import TrainingInterrupted, class_weights, train
+from pipeline.train_config import RECOMMENDED, TrainConfig
 
 # Tiny and fast: ~2,000 beats per epoch through a bi-GRU with 8 hidden units.
 # One torch thread: on a shared 2-core CPU two threads were measured ~45x slower.
@@ -51,6 +46,11 @@ def mitdb_data(shared_physionet: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="module")
 def ptbxl_data(shared_physionet: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_ptbxl(shared_physionet, tmp_path_factory.mktemp("tiny-ptbxl"))
+
+
+def _cfg(dataset: str = "mitdb", **changes: object) -> TrainConfig:
+    """A TrainConfig from the dataclass defaults (not RECOMMENDED), architecture fields flat."""
+    return TrainConfig(dataset=dataset).updated(**changes)
 
 
 def _store(tmp_path: Path) -> str:
@@ -81,7 +81,7 @@ def test_gru_training_logs_registers_and_serves(
     mitdb_data: Path, mitdb_dir: Path, tmp_path: Path
 ) -> None:
     uri = _store(tmp_path)
-    cfg = TrainConfig(dataset="mitdb", model="gru", epochs=2, **TINY)
+    cfg = _cfg("mitdb", cell="gru", epochs=2, **TINY)
     result = train(cfg, data_dir=mitdb_data, tracking_uri=uri, register=True, progress=False)
 
     client = MlflowClient(tracking_uri=uri)
@@ -89,13 +89,18 @@ def test_gru_training_logs_registers_and_serves(
     assert run.info.status == "FINISHED"
     params = run.data.params
     ds = load_dataset(mitdb_data / "processed" / "mitdb")
-    assert params["train.model"] == "gru" and params["train.epochs"] == "2"
+    assert params["train.cell"] == "gru" and params["train.epochs"] == "2"
     assert params["arch.cell"] == "gru" and params["arch.hidden_size"] == "8"
+    assert params["train.patch_size"] == "0" and params["arch.patch_size"] == "3"  # the catalogue's
     assert params["arch.n_static"] == str(len(ds.preprocess.rr_features))
     assert params["preprocess.fs_target"] == "125.0"
     assert params["dataset_sha256"] == ds.content_sha256 == run.data.tags["ecg.dataset_sha256"]
-    assert json.loads(params["val_records"]) == ["223"]
-    assert json.loads(params["train_records"]) == ["106", "209"]
+    # Record lists are an artifact, not params (PTB-XL's would be ~50,000 characters).
+    assert not {"train_records", "val_records"} & set(params)
+    records = json.loads(
+        Path(client.download_artifacts(result.run_id, "records.json", tmp_path)).read_text()
+    )
+    assert records == {"train": ["106", "209"], "val": ["223"], "test": ["100"]}
 
     # Per-epoch history with steps 1..2.
     for key in ("train_loss", "val_loss", "val_macro_f1", "val_S_recall", "epoch_time_s"):
@@ -159,8 +164,8 @@ def test_lstm_ptbxl_training_logs_aucs_and_serves(
     ptbxl_data: Path, ptbxl_dir: Path, tmp_path: Path
 ) -> None:
     uri = _store(tmp_path)
-    cfg = TrainConfig(
-        dataset="ptb-xl", model="lstm", epochs=2, hidden_size=8, patch_size=10, batch_size=32,
+    cfg = _cfg(
+        "ptb-xl", cell="lstm", epochs=2, hidden_size=8, patch_size=10, batch_size=32,
         num_threads=1,
     )  # fmt: skip
     result = train(cfg, data_dir=ptbxl_data, tracking_uri=uri, register=True, progress=False)
@@ -190,7 +195,7 @@ def test_lstm_ptbxl_training_logs_aucs_and_serves(
 
 def test_same_seed_same_result(mitdb_data: Path, tmp_path: Path) -> None:
     uri = _store(tmp_path)
-    cfg = TrainConfig(dataset="mitdb", epochs=1, **TINY)
+    cfg = _cfg("mitdb", epochs=1, **TINY)
     a = train(cfg, data_dir=mitdb_data, tracking_uri=uri, progress=False)
     b = train(cfg, data_dir=mitdb_data, tracking_uri=uri, progress=False)
     assert a.val == b.val and a.test == b.test
@@ -203,7 +208,7 @@ def test_ctrl_c_kills_the_run_and_registers_nothing(mitdb_data: Path, tmp_path: 
         if batch == 0:
             raise KeyboardInterrupt
 
-    cfg = TrainConfig(dataset="mitdb", epochs=2, **TINY)
+    cfg = _cfg("mitdb", epochs=2, **TINY)
     with pytest.raises(TrainingInterrupted) as info:
         train(
             cfg, data_dir=mitdb_data, tracking_uri=uri, register=True, progress=False,
@@ -226,7 +231,7 @@ def test_other_errors_fail_the_run(mitdb_data: Path, tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="disk on fire"):
         train(
-            TrainConfig(dataset="mitdb", epochs=1, **TINY), data_dir=mitdb_data,
+            _cfg("mitdb", epochs=1, **TINY), data_dir=mitdb_data,
             tracking_uri=uri, register=True, progress=False, callbacks=[boom],
         )  # fmt: skip
     client = MlflowClient(tracking_uri=uri)
@@ -238,14 +243,15 @@ def test_other_errors_fail_the_run(mitdb_data: Path, tmp_path: Path) -> None:
 
 def test_val_records_override_stays_patient_wise(mitdb_data: Path) -> None:
     ds = load_dataset(mitdb_data / "processed" / "mitdb")
-    masks = _split_masks(ds, TrainConfig(dataset="mitdb", val_records=("209",)))
+    splits = ds.splits(val_records=("209",))
+    assert splits.records() == {"train": ["106", "223"], "val": ["209"], "test": ["100"]}
     rec = ds.arrays["record"]
-    assert set(rec[masks["val"]]) == {"209"}
-    assert set(rec[masks["train"]]) == {"106", "223"}
-    assert set(rec[masks["test"]]) == {"100"}
+    assert set(rec[splits.masks["val"]]) == {"209"}
+    val = splits.split("val")
+    assert val.records == ["209"] and val.x.shape[0] == splits.masks["val"].sum()
     with pytest.raises(UserError, match="100"):
-        _split_masks(ds, TrainConfig(dataset="mitdb", val_records=("100",)))  # a DS2 record
-    with pytest.raises(UserError, match="mitdb only"):
+        ds.splits(val_records=("100",))  # a DS2 record
+    with pytest.raises(UserError, match=r"beat datasets \(mitdb\) only"):
         TrainConfig(dataset="ptb-xl", val_records=("1",))
 
 
@@ -278,7 +284,7 @@ def test_cli_missing_or_corrupt_dataset_exits_2(mitdb_data: Path, tmp_path: Path
     )
 
     res = runner.invoke(app, [*args, "--data-dir", str(mitdb_data), "--model", "transformer"])
-    assert res.exit_code == 2 and "unknown model" in res.output
+    assert res.exit_code == 2 and "unknown cell 'transformer'" in res.output
 
 
 @pytest.mark.parametrize("beat_normalise", ["dataset", "zscore"])
@@ -289,19 +295,17 @@ def test_training_inputs_equal_what_serving_computes(
     import dataclasses
 
     from models.preprocessing import beat_inputs
-    from pipeline.train import _inputs, _rr_columns
 
     ds = load_dataset(mitdb_data / "processed" / "mitdb")
-    cfg = TrainConfig(
-        dataset="mitdb", rr_features=("pre_rr_local", "post_rr_local"),
-        beat_normalise=beat_normalise,  # type: ignore[arg-type]
-    )  # fmt: skip
+    cfg = _cfg(rr_features=("pre_rr_local", "post_rr_local"), beat_normalise=beat_normalise)
     mask = ds.arrays["record"] == "100"
-    x_train = _inputs(ds, mask, _rr_columns(ds, cfg), cfg).x
+    x_train, _ = ds.inputs(mask, cfg.input_options)
     # What train() writes into the model card, and what the predictor then computes.
-    card_pre = dataclasses.replace(ds.preprocess, rr_features=cfg.rr_features)
+    card_pre = ds.splits(options=cfg.input_options).preprocess
+    expected_pre = dataclasses.replace(ds.preprocess, rr_features=cfg.rr_features)
     if beat_normalise == "zscore":
-        card_pre = dataclasses.replace(card_pre, beat_normalise="zscore")
+        expected_pre = dataclasses.replace(expected_pre, beat_normalise="zscore")
+    assert card_pre == expected_pre
     rec = read_record(mitdb_dir / "100", leads=["MLII"])
     ann = read_annotations(mitdb_dir / "100")
     beats = np.isin(ann.symbol, sorted(WFDB_BEAT_SYMBOLS))  # RR over every beat, as prepared
@@ -316,7 +320,6 @@ def test_cli_trains_registers_and_the_served_model_matches_evaluation(
     """`ecg train` with the recommended MIT-BIH options (fewer epochs and units), then parity:
     the registered model served from raw MLII gives the probabilities evaluation computed."""
     from pipeline.evaluate import predict_proba
-    from pipeline.train import RECOMMENDED, _inputs, _rr_columns
 
     uri = _store(tmp_path)
     res = CliRunner().invoke(
@@ -341,9 +344,7 @@ def test_cli_trains_registers_and_the_served_model_matches_evaluation(
 
     ds = load_dataset(mitdb_data / "processed" / "mitdb")
     mask = ds.arrays["record"] == "100"
-    expected = predict_proba(
-        pred.module, _inputs(ds, mask, _rr_columns(ds, cfg), cfg).x, multilabel=False
-    )
+    expected = predict_proba(pred.module, ds.inputs(mask, cfg.input_options)[0], multilabel=False)
     rec = read_record(mitdb_dir / "100", leads=["MLII"])
     ann = read_annotations(mitdb_dir / "100")
     peaks = ann.sample[np.isin(ann.symbol, sorted(WFDB_BEAT_SYMBOLS))]
