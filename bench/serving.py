@@ -193,7 +193,7 @@ def _registry(args: argparse.Namespace, workdir: Path) -> tuple[str, str]:
         return uri, "existing registry"
     from mlflow import MlflowClient
 
-    from tests.service.tiny_models import register_model, train_arrhythmia
+    from bench.tiny_models import register_model, train_arrhythmia
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     MlflowClient(tracking_uri=uri).create_experiment(

@@ -1,16 +1,27 @@
 """What a trained ECG model is once it leaves training: logging it to MLflow and predicting with it.
 
-A model travels as an MLflow ``pytorch`` model whose ``metadata`` holds a :class:`ModelCard`: the
-task, the class names, the lead order, the architecture and the :class:`PreprocessConfig`. Whoever
-loads it (the service, the evaluation code, a notebook) rebuilds preprocessing from that card, never
-from its own settings, so training and serving cannot drift apart.
+A model travels as data, never as pickled code: an MLflow model whose ``data/`` directory holds its
+weights (a ``state_dict`` in safetensors, :mod:`models.weights`) and its :class:`ModelCard` as JSON
+(the task, the class names, the lead order, the architecture and the :class:`PreprocessConfig`;
+also in the MLmodel file's ``metadata``). Loading rebuilds the module from the architecture the card
+names and reads the weights into it, so whoever can write to the registry cannot make a loader run
+code. Whoever loads it (the service, the evaluation code, a notebook) also rebuilds preprocessing
+from that card, never from its own settings, so training and serving cannot drift apart.
+
+For ``mlflow models serve`` the model is an ``mlflow.pyfunc`` model whose loader is the installed
+module :mod:`models.mlflow_pyfunc`, named by import path in the MLmodel file (no ``python_model``
+pickle, no code copied into the artifact).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -24,7 +35,9 @@ from models.preprocessing import (
     detect_rpeaks,
     preprocess_signal,
 )
-from models.recurrent import RecurrentClassifierConfig
+from models.recurrent import RecurrentClassifier, RecurrentClassifierConfig
+from models.segment import Segment, SegmentError
+from models.weights import WEIGHTS_FILE, load_weights, save_weights
 
 __all__ = [
     "TASK_ARRHYTHMIA",
@@ -35,6 +48,7 @@ __all__ = [
     "ModelCard",
     "load_predictor",
     "log_ecg_model",
+    "model_from_data_dir",
     "predictor_from_model_dir",
 ]
 
@@ -43,6 +57,23 @@ logger = logging.getLogger(__name__)
 TASK_ARRHYTHMIA: Final = "arrhythmia"
 TASK_HEART_DISEASE: Final = "heart-disease"
 Task = Literal["arrhythmia", "heart-disease"]
+
+#: The loader module ``mlflow models serve`` imports (by name, from the installed package).
+PYFUNC_LOADER_MODULE: Final = "models.mlflow_pyfunc"
+#: The model card inside a logged model's data directory (next to :data:`WEIGHTS_FILE`).
+CARD_FILE: Final = "card.json"
+#: What ``mlflow models serve`` needs besides this project's installed ``models`` package.
+_PIP_REQUIREMENTS: Final = [
+    f"torch=={torch.__version__.split('+')[0]}",
+    "numpy",
+    "scipy",
+    "wfdb",
+    "safetensors",
+]
+#: Largest polyphase up/down factor accepted when resampling to the model's rate (cost guard).
+MAX_RESAMPLE_FACTOR: Final = 2000
+#: A heart-disease record must cover at least this share of the model's window.
+MIN_RECORD_FRACTION: Final = 0.9
 
 
 @dataclass(frozen=True)
@@ -71,7 +102,13 @@ class ModelCard:
     architecture: RecurrentClassifierConfig
     input_shape: tuple[int, int]
 
+    @property
+    def window_s(self) -> float:
+        """Seconds of signal one model input covers (a record model reads the first this many)."""
+        return self.input_shape[0] / self.preprocess.fs_target
+
     def to_metadata(self) -> dict[str, Any]:
+        """The card as JSON-able values (:meth:`from_metadata` reads it back)."""
         return {
             "task": self.task,
             "classes": list(self.classes),
@@ -83,6 +120,7 @@ class ModelCard:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> ModelCard:
+        """The card of :meth:`to_metadata`'s dict; ValueError when it is not one."""
         try:
             return cls(
                 task=meta["task"],
@@ -106,14 +144,18 @@ def log_ecg_model(
     name: str = "model",
     registered_model_name: str | None = None,
 ) -> Any:
-    """Log ``model`` with ``mlflow.pytorch`` into the active run, with signature, example and card.
+    """Log ``model``'s weights and ``card`` into the active run, with signature and example.
+
+    The artifact holds data only: ``data/ecg/weights.safetensors``, ``data/ecg/card.json`` and the
+    MLmodel file, whose ``python_function`` flavour names :data:`PYFUNC_LOADER_MODULE` as its loader.
 
     Parameters
     ----------
     model : nn.Module
-        Takes float32 ``(batch, *card.input_shape)``, returns ``(batch, len(card.classes))`` logits.
+        A :class:`RecurrentClassifier` built from ``card.architecture``: takes float32
+        ``(batch, *card.input_shape)``, returns ``(batch, len(card.classes))`` logits.
     card : ModelCard
-        Stored in the MLmodel file's ``metadata``.
+        Stored as ``data/card.json`` and in the MLmodel file's ``metadata``.
     input_example : np.ndarray
         float32 ``(k, *card.input_shape)``: a few real inputs.
     registered_model_name : str, optional
@@ -126,22 +168,31 @@ def log_ecg_model(
     import mlflow
     from mlflow.models import infer_signature
 
+    config = getattr(model, "config", None)
+    if config != card.architecture:
+        raise ValueError(
+            f"the module's architecture {config} is not its card's {card.architecture}: the "
+            "module must be a RecurrentClassifier built from card.architecture"
+        )
+    example = np.asarray(input_example, dtype=np.float32)
     model.eval()
     with torch.inference_mode():
-        out = model(torch.from_numpy(np.asarray(input_example, dtype=np.float32))).numpy()
-    signature = infer_signature(np.asarray(input_example, dtype=np.float32), out)
-    models_pkg = Path(__file__).resolve().parent
-    return mlflow.pytorch.log_model(
-        model,
-        name=name,
-        signature=signature,
-        input_example=np.asarray(input_example, dtype=np.float32),
-        metadata=card.to_metadata(),
-        registered_model_name=registered_model_name,
-        code_paths=[str(models_pkg)],
-        serialization_format="pickle",  # an nn.Module back, with eval() and dynamic batch size
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "scipy", "wfdb"],
-    )
+        out = model(torch.from_numpy(example)).numpy()
+    with tempfile.TemporaryDirectory(prefix="ecg-model-") as tmp:
+        data = Path(tmp) / "ecg"  # MLflow stores it as data/ecg/ (the MLmodel file says so)
+        data.mkdir()
+        save_weights(model, data / WEIGHTS_FILE)
+        (data / CARD_FILE).write_text(json.dumps(card.to_metadata(), indent=2))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            loader_module=PYFUNC_LOADER_MODULE,
+            data_path=str(data),
+            signature=infer_signature(example, out),
+            input_example=example,
+            metadata=card.to_metadata(),
+            registered_model_name=registered_model_name,
+            pip_requirements=_PIP_REQUIREMENTS,
+        )
 
 
 @dataclass(frozen=True)
@@ -175,6 +226,26 @@ class _Predictor:
         self.module = module.eval()
         self.card = card
 
+    def _check(self, segment: Segment, min_seconds: float, index: int | None) -> None:
+        """What this model needs of any segment: enough signal, a rate it can resample from."""
+        if segment.n_samples < math.ceil(min_seconds * segment.fs - 1e-9):
+            raise SegmentError(
+                f"signal is {segment.duration_s:.3f} s ({segment.n_samples} samples at "
+                f"{segment.fs} Hz); at least {min_seconds:.2f} s "
+                f"({math.ceil(min_seconds * segment.fs)} samples) is needed",
+                index,
+            )
+        fs_model = self.card.preprocess.fs_target
+        ratio = Fraction(fs_model).limit_denominator(1000) / Fraction(segment.fs).limit_denominator(
+            1000
+        )
+        if max(ratio.numerator, ratio.denominator) > MAX_RESAMPLE_FACTOR:
+            raise SegmentError(
+                f"fs={segment.fs} Hz cannot be resampled cheaply to the model's "
+                f"{fs_model} Hz (ratio {ratio}); give fs as a whole number of Hz",
+                index,
+            )
+
     @torch.inference_mode()
     def _logits(self, x: np.ndarray) -> np.ndarray:
         if x.shape[0] == 0:
@@ -185,22 +256,51 @@ class _Predictor:
 class ArrhythmiaPredictor(_Predictor):
     """Classify every beat of single-lead ECG segments into AAMI classes."""
 
-    def predict_many(
-        self, segments: list[tuple[np.ndarray, float, np.ndarray | None]]
-    ) -> list[BeatPredictions]:
+    @property
+    def min_seconds(self) -> float:
+        """The shortest segment that holds one beat window."""
+        return self.card.preprocess.beat_before_s + self.card.preprocess.beat_after_s
+
+    def lead_of(self, segment: Segment, index: int | None = None) -> np.ndarray:
+        """The lead this model reads, ``(n_samples,)``; checks the segment against the model.
+
+        A one-lead segment is taken as that lead whatever its name; of several, the model's lead
+        (``card.leads[0]``, MLII) is picked by name.
+
+        Raises
+        ------
+        SegmentError
+            Too short for one beat window, a rate that cannot be resampled cheaply, or a
+            multi-lead segment without the model's lead.
+        """
+        self._check(segment, self.min_seconds, index)
+        if segment.signal.shape[1] == 1:
+            return segment.signal[:, 0]
+        try:
+            return segment.select(self.card.leads[:1])[:, 0]
+        except SegmentError as err:
+            raise SegmentError(str(err), index) from err
+
+    def predict_many(self, segments: Sequence[Segment]) -> list[BeatPredictions]:
         """Beats of several segments through one forward pass.
 
         Parameters
         ----------
-        segments : list of (signal, fs, r_peaks)
-            ``signal`` raw ``(n_samples,)`` in mV at ``fs`` Hz; ``r_peaks`` known R-peak indices at
-            ``fs`` or None to detect them.
+        segments : sequence of Segment
+            Raw ECG at any rate; ``segment.r_peaks`` given or None to detect the beats (wfdb
+            XQRS). See :meth:`lead_of` for the lead read.
+
+        Raises
+        ------
+        SegmentError
+            From :meth:`lead_of`, with the segment's position in ``index``.
         """
+        leads = [self.lead_of(seg, i) for i, seg in enumerate(segments)]
         inputs, peaks_list = [], []
-        for signal, fs, r_peaks in segments:
-            peaks = detect_rpeaks(signal, fs) if r_peaks is None else np.asarray(r_peaks, np.int64)
+        for lead, seg in zip(leads, segments, strict=True):
+            peaks = detect_rpeaks(lead, seg.fs) if seg.r_peaks is None else seg.r_peaks
             peaks_list.append(peaks)
-            inputs.append(beat_inputs(signal, fs, peaks, self.card.preprocess))
+            inputs.append(beat_inputs(lead, seg.fs, peaks, self.card.preprocess))
         x = np.concatenate(inputs, axis=0) if inputs else np.zeros((0, *self.card.input_shape))
         logits = self._logits(x)
         probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
@@ -213,48 +313,47 @@ class ArrhythmiaPredictor(_Predictor):
     def predict(
         self, signal: np.ndarray, fs: float, r_peaks: np.ndarray | None = None
     ) -> BeatPredictions:
-        """Beats of one raw ``(n_samples,)`` segment at ``fs`` Hz (see :meth:`predict_many`)."""
-        return self.predict_many([(signal, fs, r_peaks)])[0]
+        """Beats of one raw ``(n_samples,)`` lead at ``fs`` Hz (see :meth:`predict_many`)."""
+        return self.predict_many([Segment.single_lead(signal, fs, self.card.leads[0], r_peaks)])[0]
 
 
 class HeartDiseasePredictor(_Predictor):
     """Superclass probabilities for 12-lead records (multi-label, independent sigmoids)."""
 
-    def record_inputs(
-        self, signal: np.ndarray, fs: float, leads: list[str] | tuple[str, ...]
-    ) -> np.ndarray:
-        """Model input ``card.input_shape`` for one raw ``(n_samples, n_leads)`` record at ``fs``.
+    @property
+    def min_seconds(self) -> float:
+        """The shortest record accepted: :data:`MIN_RECORD_FRACTION` of the model's window."""
+        return MIN_RECORD_FRACTION * self.card.window_s
+
+    def record_inputs(self, segment: Segment, index: int | None = None) -> np.ndarray:
+        """Model input ``card.input_shape`` of one raw record; checks it against the model.
 
         Leads are matched by name (case-insensitive) and reordered to the model's order; the
-        preprocessed record is cut or edge-padded to the model's length.
+        record is cut to the model's window (:attr:`ModelCard.window_s`) before filtering and
+        scaling, and edge-padded after them when it is shorter.
+
+        Raises
+        ------
+        SegmentError
+            Missing leads, too short, or a rate that cannot be resampled cheaply.
         """
-        x = np.asarray(signal, dtype=np.float32)
-        wanted = [name.lower() for name in self.card.leads]
-        given = [name.lower() for name in leads]
-        missing = [
-            name for name, low in zip(self.card.leads, wanted, strict=True) if low not in given
-        ]
-        if missing:
-            raise ValueError(f"missing leads {missing}; the model needs {list(self.card.leads)}")
-        if x.ndim != 2 or x.shape[1] != len(given):
-            raise ValueError(
-                f"signal must be (n_samples, {len(given)}) for leads {list(leads)}, got {x.shape}"
-            )
-        x = x[:, [given.index(name) for name in wanted]]
+        self._check(segment, self.min_seconds, index)
+        try:
+            x = segment.select(self.card.leads)
+        except SegmentError as err:
+            raise SegmentError(str(err), index) from err
         t = self.card.input_shape[0]
         # Cut the raw record to the model's duration first: training filtered and z-scored exactly
         # that much, and z-scoring a longer record would change the scale.
-        x = x[: max(1, round(t * fs / self.card.preprocess.fs_target))]
-        y = preprocess_signal(x, fs, self.card.preprocess)
+        x = x[: max(1, round(self.card.window_s * segment.fs))]
+        y = preprocess_signal(x, segment.fs, self.card.preprocess)
         if y.shape[0] >= t:
             return y[:t]
         return np.pad(y, ((0, t - y.shape[0]), (0, 0)), mode="edge")
 
-    def predict_many(
-        self, records: list[tuple[np.ndarray, float, list[str] | tuple[str, ...]]]
-    ) -> np.ndarray:
-        """Probabilities ``(n_records, n_classes)`` of ``(signal, fs, leads)`` records, one pass."""
-        x = np.stack([self.record_inputs(s, fs, leads) for s, fs, leads in records])
+    def predict_many(self, records: Sequence[Segment]) -> np.ndarray:
+        """Probabilities ``(n_records, n_classes)`` of several records, one forward pass."""
+        x = np.stack([self.record_inputs(r, i) for i, r in enumerate(records)])
         return torch.sigmoid(torch.from_numpy(self._logits(x))).numpy()
 
     def heart_disease_probability(self, probabilities: np.ndarray) -> np.ndarray:
@@ -265,19 +364,51 @@ class HeartDiseasePredictor(_Predictor):
 Predictor = ArrhythmiaPredictor | HeartDiseasePredictor
 
 
+def model_from_data_dir(data_dir: str | Path) -> tuple[nn.Module, ModelCard]:
+    """Rebuild a logged model from its data directory: ``card.json`` + safetensors weights.
+
+    The module is built from the architecture the card names and the weights are read into it;
+    nothing in the directory is executed or unpickled.
+
+    Raises
+    ------
+    ValueError
+        When the card is missing or malformed, or the weights are not safetensors or do not fit
+        (:class:`models.weights.WeightsError`).
+    """
+    data_dir = Path(data_dir)
+    card_path = data_dir / CARD_FILE
+    try:
+        meta = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{card_path}: no readable model card ({err})") from err
+    card = ModelCard.from_metadata(meta)
+    module = load_weights(RecurrentClassifier(card.architecture), data_dir / WEIGHTS_FILE)
+    return module, card
+
+
 def predictor_from_model_dir(path: str | Path) -> Predictor:
-    """Build the predictor of a local MLflow model directory (one holding an ``MLmodel`` file)."""
-    import mlflow.pytorch
+    """Build the predictor of a local MLflow model directory (one holding an ``MLmodel`` file).
+
+    Raises
+    ------
+    ValueError
+        When the directory is not an ECG model logged by :func:`log_ecg_model` (for example one
+        of the old pickled ``pytorch`` models: re-register it), or its files are bad.
+    """
     from mlflow.models import Model
 
-    meta = Model.load(str(path)).metadata or {}
-    card = ModelCard.from_metadata(meta)
-    module = mlflow.pytorch.load_model(str(path), map_location="cpu")
-    if getattr(module, "config", card.architecture) != card.architecture:
+    pyfunc = Model.load(str(path)).flavors.get("python_function", {})
+    if pyfunc.get("loader_module") != PYFUNC_LOADER_MODULE or not pyfunc.get("data"):
         raise ValueError(
-            f"model at {path}: its architecture {module.config} differs from its card's "
-            f"{card.architecture}; the model was logged inconsistently"
+            f"model at {path} is not an ECG weights model (its python_function loader is "
+            f"{pyfunc.get('loader_module')!r}, expected {PYFUNC_LOADER_MODULE!r}); models logged "
+            "as pickles are not loaded: retrain or re-log it with models.predictor.log_ecg_model"
         )
+    data_dir = (Path(path) / str(pyfunc["data"])).resolve()
+    if not data_dir.is_relative_to(Path(path).resolve()):
+        raise ValueError(f"model at {path}: its data directory points outside the model")
+    module, card = model_from_data_dir(data_dir)
     cls = ArrhythmiaPredictor if card.task == TASK_ARRHYTHMIA else HeartDiseasePredictor
     return cls(module, card)
 

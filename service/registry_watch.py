@@ -24,6 +24,8 @@ from models.predictor import (
     HeartDiseasePredictor,
     load_predictor,
 )
+from models.segment import Segment
+from models.tracking_server import check_reachable
 from service.schemas import ReloadOutcome
 from service.settings import ServiceSettings
 
@@ -153,8 +155,6 @@ class ModelHolder:
         import mlflow
         from mlflow import MlflowClient
 
-        from pipeline.tracking import check_reachable
-
         # A down server fails in seconds here, not after MLflow's minutes of retries.
         check_reachable(self.tracking_uri or mlflow.get_tracking_uri())
         client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
@@ -212,9 +212,8 @@ def _warm_up(predictor: ArrhythmiaPredictor | HeartDiseasePredictor) -> None:
     else:
         n_leads = len(predictor.card.leads)
         record = np.repeat(lead[:, None], n_leads, axis=1)
-        duration = predictor.card.input_shape[0] / predictor.card.preprocess.fs_target
-        record = np.resize(record, (int(duration * fs), n_leads))
-        probs = predictor.predict_many([(record, fs, predictor.card.leads)])
+        record = np.resize(record, (int(predictor.card.window_s * fs), n_leads))
+        probs = predictor.predict_many([Segment(record, fs, predictor.card.leads)])
     if not np.all(np.isfinite(probs)):
         raise ValueError("the model gives non-finite outputs on a synthetic ECG")
     logger.debug("warm-up took %.0f ms", (time.perf_counter() - start) * 1000)

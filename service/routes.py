@@ -1,16 +1,17 @@
 """HTTP endpoints: predictions, health/readiness, model information and reload.
 
 Prediction endpoints are plain ``def`` functions: FastAPI runs them in its threadpool, so the
-CPU-bound preprocessing and forward pass never block the event loop. Checks that need the loaded
-model's card (beat window, leads, record length) or the settings happen here and answer 422.
+CPU-bound preprocessing and forward pass never block the event loop. A request body becomes a
+:class:`models.segment.Segment` (which checks itself); what the loaded model needs of it (beat
+window, leads, rate) is checked by the predictor; this module only adds the deployment's limits
+(longest signal, largest batch) and turns every :class:`~models.segment.SegmentError` into a 422.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from fractions import Fraction
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from models.predictor import ArrhythmiaPredictor, HeartDiseasePredictor
+from models.segment import Segment, SegmentError
 from service.deps import (
     ArrhythmiaModelDep,
     HeartDiseaseModelDep,
@@ -57,11 +59,6 @@ __all__ = ["admin_router", "ops_router", "predict_router"]
 
 logger = logging.getLogger(__name__)
 
-#: Largest polyphase up/down factor accepted for resampling to the model's rate (cost guard).
-_MAX_RESAMPLE_FACTOR = 2000
-#: A heart-disease record must cover at least this share of the model's window.
-_MIN_RECORD_FRACTION = 0.9
-
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Body cannot be decoded (not UTF-8 JSON)."},
     401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key (when one is set)."},
@@ -91,75 +88,36 @@ def _unprocessable(message: str) -> HTTPException:
     return HTTPException(422, message)  # Unprocessable Content (its name varies by Starlette)
 
 
-def _check_rate(fs: float, fs_model: float, where: str) -> None:
-    ratio = Fraction(fs_model).limit_denominator(1000) / Fraction(fs).limit_denominator(1000)
-    if max(ratio.numerator, ratio.denominator) > _MAX_RESAMPLE_FACTOR:
-        raise _unprocessable(
-            f"{where}fs={fs} Hz cannot be resampled cheaply to the model's {fs_model} Hz "
-            f"(ratio {ratio}); give fs as a whole number of Hz"
-        )
+def _where(batch_key: str | None, index: int | None) -> str:
+    """``segments[1]: `` for an item of a batch request; nothing for a single one."""
+    return "" if batch_key is None or index is None else f"{batch_key}[{index}]: "
 
 
-def _check_duration(n: int, fs: float, min_s: float, max_s: float, where: str) -> None:
-    duration = n / fs
-    if duration > max_s:
-        raise _unprocessable(
-            f"{where}signal is {duration:.1f} s ({n} samples at {fs} Hz); at most {max_s:g} s "
-            "is accepted: split it into several requests or segments"
-        )
-    if n < math.ceil(min_s * fs - 1e-9):
-        raise _unprocessable(
-            f"{where}signal is {duration:.3f} s ({n} samples at {fs} Hz); at least {min_s:.2f} s "
-            f"({math.ceil(min_s * fs)} samples) is needed"
-        )
-
-
-def _segment_input(
-    req: ArrhythmiaRequest, predictor: ArrhythmiaPredictor, settings: ServiceSettings, where: str
-) -> tuple[np.ndarray, float, np.ndarray | None]:
-    cfg = predictor.card.preprocess
-    _check_duration(
-        len(req.signal),
-        req.fs,
-        cfg.beat_before_s + cfg.beat_after_s,
-        settings.max_signal_seconds,
-        where,
-    )
-    _check_rate(req.fs, cfg.fs_target, where)
-    signal = np.asarray(req.signal, dtype=np.float32)
-    peaks = None if req.r_peaks is None else np.asarray(req.r_peaks, dtype=np.int64)
-    return signal, req.fs, peaks
-
-
-def _record_input(
-    req: HeartDiseaseRequest,
-    predictor: HeartDiseasePredictor,
+def _segment(
+    signal: Any,
+    fs: float,
+    leads: Sequence[str],
+    r_peaks: Sequence[int] | None,
     settings: ServiceSettings,
     where: str,
-) -> tuple[tuple[np.ndarray, float, list[str]], list[str]]:
-    card = predictor.card
-    window_s = card.input_shape[0] / card.preprocess.fs_target
-    _check_duration(
-        len(req.signal), req.fs, _MIN_RECORD_FRACTION * window_s, settings.max_signal_seconds, where
-    )
-    _check_rate(req.fs, card.preprocess.fs_target, where)
-    leads = [name.strip() for name in req.leads]
-    given = {name.lower() for name in leads}
-    missing = [name for name in card.leads if name.lower() not in given]
-    if missing:
-        raise _unprocessable(
-            f"{where}missing leads {missing}: this model reads {list(card.leads)} "
-            f"(names are matched case-insensitively), the request has {req.leads}"
+) -> Segment:
+    """The checked :class:`Segment` of a request body; 422 saying what is wrong."""
+    try:
+        segment = Segment(
+            np.asarray(signal, dtype=np.float32),
+            fs,
+            tuple(leads),
+            None if r_peaks is None else np.asarray(r_peaks, dtype=np.int64),
         )
-    warnings = []
-    unused = [name for name in leads if name.lower() not in {w.lower() for w in card.leads}]
-    if unused:
-        warnings.append(f"leads {unused} are not used by this model")
-    if len(req.signal) / req.fs > window_s + 1e-9:
-        warnings.append(f"the model reads the first {window_s:g} s; the rest was ignored")
-    elif len(req.signal) / req.fs < window_s - 1e-9:
-        warnings.append(f"record shorter than {window_s:g} s: padded with its last value")
-    return (np.asarray(req.signal, dtype=np.float32), req.fs, leads), warnings
+    except SegmentError as err:
+        raise _unprocessable(f"{where}{err}") from err
+    if segment.duration_s > settings.max_signal_seconds:
+        raise _unprocessable(
+            f"{where}signal is {segment.duration_s:.1f} s ({segment.n_samples} samples at "
+            f"{segment.fs} Hz); at most {settings.max_signal_seconds:g} s is accepted: split it "
+            "into several requests or segments"
+        )
+    return segment
 
 
 def _check_batch_size(n: int, what: str, settings: ServiceSettings) -> None:
@@ -190,24 +148,26 @@ def _arrhythmia_results(
     predictor = loaded.predictor
     if not isinstance(predictor, ArrhythmiaPredictor):  # guarded by the holder; keeps mypy sure
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "wrong model kind loaded")
-    inputs = [
-        _segment_input(r, predictor, settings, f"segments[{i}]: " if batch else "")
+    key = "segments" if batch else None
+    lead = predictor.card.leads[:1]
+    segments = [
+        _segment(r.signal, r.fs, lead, r.r_peaks, settings, _where(key, i))
         for i, r in enumerate(requests)
     ]
     try:
         with gate:
-            predictions = predictor.predict_many(inputs)
-    except ValueError as err:
-        raise _unprocessable(str(err)) from err
+            predictions = predictor.predict_many(segments)
+    except ValueError as err:  # SegmentError (with the item's index) or a preprocessing error
+        raise _unprocessable(f"{_where(key, getattr(err, 'index', None))}{err}") from err
     classes = predictor.card.classes
     results = []
-    for (signal, fs, given), pred in zip(inputs, predictions, strict=True):
+    for segment, pred in zip(segments, predictions, strict=True):
         probs = _finite(pred.probabilities)
         labels = pred.labels
         beats = [
             BeatOut(
                 sample=int(s),
-                time_s=float(s) / fs,
+                time_s=float(s) / segment.fs,
                 label=label,
                 probabilities=dict(zip(classes, row.tolist(), strict=True)),
             )
@@ -220,9 +180,9 @@ def _arrhythmia_results(
         warnings = [] if n else ["no beats found: the segment may be too short, flat or noisy"]
         results.append(
             ArrhythmiaResult(
-                n_samples=len(signal),
-                duration_s=len(signal) / fs,
-                r_peaks_source="detected" if given is None else "given",
+                n_samples=segment.n_samples,
+                duration_s=segment.duration_s,
+                r_peaks_source="detected" if segment.r_peaks is None else "given",
                 beats=beats,
                 summary=ArrhythmiaSummary(
                     n_beats=n,
@@ -265,6 +225,20 @@ def predict_arrhythmia_batch(
 
 
 # --------------------------------------------------------------------------- heart disease
+def _record_warnings(segment: Segment, predictor: HeartDiseasePredictor) -> list[str]:
+    """What the model leaves out of a record, or pads: said in the answer."""
+    window_s = predictor.card.window_s
+    warnings = []
+    unused = segment.unused_leads(predictor.card.leads)
+    if unused:
+        warnings.append(f"leads {unused} are not used by this model")
+    if segment.duration_s > window_s + 1e-9:
+        warnings.append(f"the model reads the first {window_s:g} s; the rest was ignored")
+    elif segment.duration_s < window_s - 1e-9:
+        warnings.append(f"record shorter than {window_s:g} s: padded with its last value")
+    return warnings
+
+
 def _heart_disease_results(
     loaded: LoadedModel,
     requests: list[HeartDiseaseRequest],
@@ -275,15 +249,16 @@ def _heart_disease_results(
     predictor = loaded.predictor
     if not isinstance(predictor, HeartDiseasePredictor):
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "wrong model kind loaded")
-    prepared = [
-        _record_input(r, predictor, settings, f"records[{i}]: " if batch else "")
+    key = "records" if batch else None
+    records = [
+        _segment(r.signal, r.fs, r.leads, None, settings, _where(key, i))
         for i, r in enumerate(requests)
     ]
     try:
         with gate:
-            probs = _finite(predictor.predict_many([p[0] for p in prepared]))
-    except ValueError as err:
-        raise _unprocessable(str(err)) from err
+            probs = _finite(predictor.predict_many(records))
+    except ValueError as err:  # SegmentError (with the item's index) or a preprocessing error
+        raise _unprocessable(f"{_where(key, getattr(err, 'index', None))}{err}") from err
     disease = predictor.heart_disease_probability(probs)
     classes = predictor.card.classes
     return [
@@ -291,9 +266,9 @@ def _heart_disease_results(
             probabilities=dict(zip(classes, row.tolist(), strict=True)),
             heart_disease_probability=float(p),
             labels=[c for c, v in zip(classes, row, strict=True) if v >= 0.5],
-            warnings=warnings,
+            warnings=_record_warnings(record, predictor),
         )
-        for row, p, (_, warnings) in zip(probs, disease, prepared, strict=True)
+        for row, p, record in zip(probs, disease, records, strict=True)
     ]
 
 

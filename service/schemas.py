@@ -2,8 +2,9 @@
 
 Signals are JSON arrays of samples in millivolts at ``fs`` Hz: one lead ``[x0, x1, ...]`` for the
 arrhythmia model, ``[[lead0, lead1, ...], ...]`` rows of shape ``(n_samples, n_leads)`` for the
-heart-disease model (the layout of wfdb's ``p_signal``). Checks that need the loaded model (its
-beat window, its leads) or the settings (longest signal) happen in :mod:`service.routes`.
+heart-disease model (the layout of wfdb's ``p_signal``). These models check the JSON's form
+(types, ranges, rectangular rows); the signal's content (finite, R peaks, lead names) is checked
+once by :class:`models.segment.Segment`, what the loaded model needs by its predictor.
 """
 
 from __future__ import annotations
@@ -102,31 +103,11 @@ class ArrhythmiaRequest(BaseModel):
         default=None,
         min_length=1,
         description=(
-            "Optional R-peak sample indices (strictly increasing, < len(signal)). "
+            "Optional R-peak sample indices (strictly increasing, < len(signal); checked with the "
+            "signal by the service's segment). "
             "Omit to detect the beats (wfdb XQRS at the model's rate)."
         ),
     )
-
-    @model_validator(mode="after")
-    def _peaks_inside_and_sorted(self) -> ArrhythmiaRequest:
-        if self.r_peaks is None:
-            return self
-        n = len(self.signal)
-        outside = [p for p in self.r_peaks if p >= n]
-        if outside:
-            raise ValueError(
-                f"r_peaks {outside[:5]} are outside the signal (indices must be < {n} samples)"
-            )
-        bad = next(
-            (i for i in range(1, len(self.r_peaks)) if self.r_peaks[i] <= self.r_peaks[i - 1]),
-            None,
-        )
-        if bad is not None:
-            raise ValueError(
-                f"r_peaks must be strictly increasing; r_peaks[{bad}]={self.r_peaks[bad]} "
-                f"follows {self.r_peaks[bad - 1]}"
-            )
-        return self
 
 
 class ArrhythmiaBatchRequest(BaseModel):
@@ -198,11 +179,8 @@ class HeartDiseaseRequest(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _shape_and_leads(self) -> HeartDiseaseRequest:
-        lowered = [name.strip().lower() for name in self.leads]
-        dupes = sorted({name for name in self.leads if lowered.count(name.strip().lower()) > 1})
-        if dupes:
-            raise ValueError(f"duplicate lead names {dupes}; each lead must appear once")
+    def _rectangular(self) -> HeartDiseaseRequest:
+        """Rows of one width, so that the body is an array (its content: models.segment)."""
         width = len(self.leads)
         bad = next((i for i, row in enumerate(self.signal) if len(row) != width), None)
         if bad is not None:

@@ -269,6 +269,7 @@ def test_train_register_and_serve_through_the_stack(
     from mlflow import MlflowClient
 
     from models.predictor import load_predictor
+    from models.segment import Segment
 
     env = {"ECG_DATA_DIR": str(tmp_path / "data"), "ECG_PHYSIONET_URL": physionet_mirror}
     ecg = [sys.executable, "-m", "pipeline.cli"]
@@ -349,7 +350,7 @@ def test_train_register_and_serve_through_the_stack(
     local_hd = load_predictor(
         "models:/ecg-heart-disease@champion", tmp_path / "dl-hd", tracking_uri=stack.mlflow_url
     )
-    probs = local_hd.predict_many([(rec.p_signal.astype(np.float32), 100.0, rec.sig_name)])[0]
+    probs = local_hd.predict_many([Segment(rec.p_signal, 100.0, tuple(rec.sig_name))])[0]
     np.testing.assert_allclose(
         [answer["probabilities"][c] for c in local_hd.card.classes], probs, atol=1e-5
     )

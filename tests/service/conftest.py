@@ -11,15 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from app_helpers import make_settings
 from fastapi.testclient import TestClient
-from tiny_models import (
-    TinyRegistry,
-    build_registry,
-    make_settings,
-    train_arrhythmia,
-    train_heart_disease,
-)
 
+from bench.tiny_models import TinyRegistry, build_registry, train_arrhythmia, train_heart_disease
 from models.predictor import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
 from service.main import create_app
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tiny_models import TinyRegistry
+
+from bench.tiny_models import TinyRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 STRIP = {"fs": 360, "signal": [0.0, 0.1, 1.2, 0.1, 0.0] * 100}

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from app_helpers import make_settings
 from fastapi.testclient import TestClient
-from tiny_models import PTBXL_LEADS, TinyRegistry, make_settings
 
+from bench.tiny_models import PTBXL_LEADS, TinyRegistry
 from service.main import create_app
 
 STRIP = np.sin(np.linspace(0, 20 * np.pi, 3600)).round(3).tolist()  # 10 s at 360 Hz

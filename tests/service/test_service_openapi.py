@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from app_helpers import make_settings, serve_in_thread
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -21,8 +22,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from tiny_models import TinyRegistry, make_settings, serve_in_thread
 
+from bench.tiny_models import TinyRegistry
 from service.main import create_app
 from service.settings import ServiceSettings
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from tiny_models import PTBXL_LEADS, TinyRegistry, mitdb_strip, ptbxl_record
 
+from bench.tiny_models import PTBXL_LEADS, TinyRegistry, mitdb_strip, ptbxl_record
 from models.predictor import ArrhythmiaPredictor, HeartDiseasePredictor, load_predictor
+from models.segment import Segment
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,9 @@ def test_arrhythmia_other_rate_and_batch(
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert len(results) == 2
-    direct = arrhythmia_predictor.predict_many([(sig250, 250.0, None), (other, fs, other_peaks)])
+    direct = arrhythmia_predictor.predict_many(
+        [Segment.single_lead(sig250, 250.0), Segment.single_lead(other, fs, r_peaks=other_peaks)]
+    )
     for res, d in zip(results, direct, strict=True):
         assert [b["label"] for b in res["beats"]] == d.labels
         np.testing.assert_allclose(_probs(res["beats"]), d.probabilities, atol=1e-6)
@@ -162,13 +165,14 @@ def test_heart_disease_parity_and_batch(
     client: TestClient, heart_disease_predictor: HeartDiseasePredictor, ptbxl_dir: Path
 ) -> None:
     records = [ptbxl_record(ptbxl_dir, i) for i in (1500, 1501)]
+    segments = [Segment(sig, rate, tuple(names)) for sig, rate, names in records]
     signal, fs, leads = records[0]
     r = client.post(
         "/predict/heart-disease", json={"fs": fs, "leads": leads, "signal": signal.tolist()}
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    direct = heart_disease_predictor.predict_many([records[0]])
+    direct = heart_disease_predictor.predict_many(segments[:1])
     assert list(body["probabilities"]) == ["NORM", "MI", "STTC", "CD", "HYP"]
     np.testing.assert_allclose(list(body["probabilities"].values()), direct[0], atol=1e-6)
     assert body["heart_disease_probability"] == pytest.approx(1 - direct[0][0], abs=1e-6)
@@ -187,6 +191,6 @@ def test_heart_disease_parity_and_batch(
         json={"records": [{"fs": fs, "leads": leads, "signal": signal.tolist()}, shuffled]},
     )
     assert batch.status_code == 200, batch.text
-    both = heart_disease_predictor.predict_many(records)
+    both = heart_disease_predictor.predict_many(segments)
     got = np.array([list(x["probabilities"].values()) for x in batch.json()["results"]])
     np.testing.assert_allclose(got, both, atol=1e-6)

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from app_helpers import make_settings
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
-from tiny_models import TinyRegistry, make_settings, register_model, use_tracking_uri
 
+from bench.tiny_models import TinyRegistry, register_model, use_tracking_uri
 from models.predictor import TASK_ARRHYTHMIA
 from service.main import create_app
 
@@ -26,7 +27,7 @@ def _register(registry: TinyRegistry, trained: dict[str, Any], name: str, alias:
 
 
 def _register_without_card(registry: TinyRegistry, trained: dict[str, Any], name: str) -> str:
-    """A real pytorch model registered without the ECG model card: loading it must fail."""
+    """A real pytorch model pickled the old way, without card and weights file: refused."""
     import mlflow
 
     module = trained[TASK_ARRHYTHMIA][0]
@@ -83,12 +84,13 @@ def test_alias_move_reload_and_failed_reload(
         registry.set_registered_model_alias(name, "champion", "3")
         failed = c.post("/admin/reload").json()
         assert failed["ok"] is False
-        assert "not an ECG model card" in failed["outcomes"][0]["error"]
+        assert "not an ECG weights model" in failed["outcomes"][0]["error"]
         assert _versions(c) == {"arrhythmia": "2"}
         ready = c.get("/ready")
         assert ready.status_code == 200  # still serving
         status = ready.json()["models"][0]
-        assert status["version"] == "2" and "not an ECG model card" in status["last_reload_error"]
+        assert status["version"] == "2"
+        assert "not an ECG weights model" in status["last_reload_error"]
         assert c.post("/predict/arrhythmia", json=STRIP).json()["model"]["version"] == "2"
 
         # Alias deleted: also a failed reload, still serving.

@@ -1,4 +1,4 @@
-"""Real tiny models in a real MLflow registry, for the service tests and the serving benchmark.
+"""Real tiny models in a real MLflow registry, for the serving benchmark and the service tests.
 
 :func:`build_registry` trains a small recurrent beat classifier on a few hundred real MIT-BIH beats
 (records 100, 119 and 209; MLII; annotated R peaks) and a small heart-disease model on ~24 real
@@ -18,7 +18,6 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -39,11 +38,9 @@ __all__ = [
     "PTBXL_LEADS",
     "TinyRegistry",
     "build_registry",
-    "make_settings",
     "mitdb_strip",
     "ptbxl_record",
     "register_model",
-    "serve_in_thread",
     "train_arrhythmia",
     "train_heart_disease",
     "use_tracking_uri",
@@ -353,45 +350,3 @@ def build_registry(
     register_model(uri, *arr[:3], "ecg-arrhythmia", metrics=arr[3], alias=alias)
     register_model(uri, *hd[:3], "ecg-heart-disease", metrics=hd[3], alias=alias)
     return TinyRegistry(uri, "ecg-arrhythmia", "ecg-heart-disease", alias, root)
-
-
-def make_settings(registry: TinyRegistry, **overrides: Any) -> Any:
-    """Settings for ``registry`` that ignore the environment's ECG_SERVICE_* variables."""
-    from service.settings import ServiceSettings
-
-    values: dict[str, Any] = {
-        "mlflow_tracking_uri": registry.tracking_uri,
-        "arrhythmia_model": registry.arrhythmia_name,
-        "heart_disease_model": registry.heart_disease_name,
-        "model_alias": registry.alias,
-        "reload_interval_s": 0.0,
-        "api_key": None,
-    }
-    values.update(overrides)
-    return ServiceSettings(**values)
-
-
-@contextlib.contextmanager
-def serve_in_thread(app: Any) -> Iterator[str]:
-    """Run ``app`` with uvicorn on 127.0.0.1 (random port) in a thread; yield its base URL."""
-    import threading
-    import time
-
-    import uvicorn
-
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
