@@ -327,8 +327,7 @@ def _mitdb_split(record: str) -> str:
 
 def _build_mitdb(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """MIT-BIH beats of DS1 and DS2 (de Chazal 2004), one item per AAMI-labelled beat."""
-    src, cfg, workers, r_peaks = req.src, req.cfg, req.workers, req.r_peaks
-    wanted = sorted(DS1_RECORDS + DS2_RECORDS)
+    src, cfg = req.src, req.cfg
     excluded: dict[str, Any] = {
         "paced": _excluded("paced beats (AAMI EC57)", sorted(PACED_RECORDS)),
     }
@@ -337,15 +336,36 @@ def _build_mitdb(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, An
             "; ".join(f"{r}: {why}" for r, why in sorted(EXCLUDED_FROM_TRAINING.items())),
             EXCLUDED_FROM_TRAINING,
         )
-    wanted = [r for r in wanted if r not in EXCLUDED_FROM_TRAINING]
+    wanted = [r for r in sorted(DS1_RECORDS + DS2_RECORDS) if r not in EXCLUDED_FROM_TRAINING]
     present = [r for r in wanted if (src / f"{r}.hea").is_file()]
+    jobs = [(str(src / r), cfg.to_dict(), req.r_peaks) for r in present]
+    results = list(_parallel_map(_mitdb_record, jobs, req.workers))
     absent = sorted(set(wanted) - set(present))
+    good = _mitdb_usable(results, absent, len(wanted), src, excluded)
+    arrays = _mitdb_arrays(good)
+    w = int(arrays["waves"].shape[1])
+    manifest: dict[str, Any] = {
+        "classes": list(AAMI_CLASSES),
+        "leads": list(req.spec.leads),
+        "channels": ["wave", *cfg.rr_features],
+        "input_shape": [w, 1 + len(cfg.rr_features)],
+        "raw_fs": sorted({float(r["fs"]) for r in good}),
+        "r_peaks": req.r_peaks,
+        "excluded": excluded,
+    }
+    if req.r_peaks == "detected":
+        manifest["detection"] = _detection_summary(good)
+    return arrays, manifest
 
-    results = list(
-        _parallel_map(
-            _mitdb_record, [(str(src / r), cfg.to_dict(), r_peaks) for r in present], workers
-        )
-    )
+
+def _mitdb_usable(
+    results: list[dict[str, Any]],
+    absent: list[str],
+    n_wanted: int,
+    src: Path,
+    excluded: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The records read without error; the others are logged and entered in ``excluded``."""
     missing = absent + [r["record"] for r in results if "error" in r and r["missing"]]
     broken = {r["record"]: r["error"] for r in results if "error" in r and not r["missing"]}
     good = [r for r in results if "error" not in r]
@@ -354,7 +374,7 @@ def _build_mitdb(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, An
             "mitdb: %d of %d records are not downloaded (%s); building from the %d present. "
             "Run `ecg download mitdb` for the complete database.",
             len(missing),
-            len(wanted),
+            n_wanted,
             ", ".join(sorted(missing)),
             len(good),
         )
@@ -374,6 +394,11 @@ def _build_mitdb(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, An
     for s in SPLITS:
         if not any(_mitdb_split(r["record"]) == s for r in good):
             logger.warning("mitdb: the %s split is empty (its records are not downloaded)", s)
+    return good
+
+
+def _mitdb_arrays(good: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The dataset's arrays from the per-record results, in record order."""
 
     def cat(key: str) -> np.ndarray:
         return np.concatenate([r[key] for r in good])
@@ -381,7 +406,7 @@ def _build_mitdb(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, An
     def per_beat(fn: Callable[[str], str]) -> np.ndarray:
         return np.concatenate([np.full(len(r["labels"]), fn(r["record"])) for r in good])
 
-    arrays: dict[str, np.ndarray] = {
+    return {
         "waves": cat("waves").astype(np.float32),
         "rr": cat("rr").astype(np.float32),
         "labels": cat("labels").astype(np.int64),
@@ -393,19 +418,6 @@ def _build_mitdb(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, An
         "symbol": cat("symbol").astype(str),
         "split": per_beat(_mitdb_split),
     }
-    w = int(arrays["waves"].shape[1])
-    manifest: dict[str, Any] = {
-        "classes": list(AAMI_CLASSES),
-        "leads": list(req.spec.leads),
-        "channels": ["wave", *cfg.rr_features],
-        "input_shape": [w, 1 + len(cfg.rr_features)],
-        "raw_fs": sorted({float(r["fs"]) for r in good}),
-        "r_peaks": r_peaks,
-        "excluded": excluded,
-    }
-    if r_peaks == "detected":
-        manifest["detection"] = _detection_summary(good)
-    return arrays, manifest
 
 
 def _detection_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -461,9 +473,48 @@ def _ptbxl_record(args: tuple[str, dict[str, Any]]) -> dict[str, Any]:
 
 def _build_ptbxl(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """PTB-XL records (one item each) with their diagnostic superclasses and strat_fold split."""
-    import pandas as pd
+    src, cfg, leads = req.src, req.cfg, req.spec.leads
+    excluded: dict[str, Any] = {}
+    table, classes = _ptbxl_labelled_records(src, excluded)
+    jobs = [(str(src / f), cfg.to_dict()) for f in table["filename_lr"]]
+    results = list(_parallel_map(_ptbxl_record, jobs, req.workers, chunksize=32))
+    n_expected = round(_PTBXL_SECONDS * cfg.fs_target)
+    keep, signals = _ptbxl_signals(table.index, results, leads, n_expected, cfg.fs_target, excluded)
+    if not signals:
+        raise UserError(f"ptb-xl: no usable record under {src}; run `ecg download ptb-xl`")
+    table = table[keep]
+    classes = [c for c, k in zip(classes, keep, strict=True) if k]
+    labels = np.zeros((len(table), len(PTBXL_SUPERCLASSES)), dtype=np.float32)
+    for i, cs in enumerate(classes):
+        labels[i, [PTBXL_SUPERCLASSES.index(c) for c in cs]] = 1.0
+    folds = table["strat_fold"].to_numpy(dtype=np.int64)
+    bad_folds = sorted(set(folds.tolist()) - set(_PTBXL_SPLIT_OF_FOLD))
+    if bad_folds:
+        raise UserError(
+            f"ptb-xl: unexpected strat_fold values {bad_folds} in {src / 'ptbxl_database.csv'}"
+        )
+    arrays = {
+        "signals": np.stack(signals).astype(np.float32, copy=False),
+        "labels": labels,
+        "record": np.array([str(i) for i in table.index]),
+        "patient": np.array([str(int(p)) for p in table["patient_id"]]),
+        "split": np.array([_PTBXL_SPLIT_OF_FOLD[int(f)] for f in folds]),
+        "fold": folds,
+    }
+    manifest = {
+        "classes": list(PTBXL_SUPERCLASSES),
+        "leads": list(leads),
+        "channels": list(leads),
+        "input_shape": [n_expected, len(leads)],
+        "raw_fs": sorted({float(r["fs"]) for r in results if "fs" in r}),
+        "excluded": excluded,
+    }
+    return arrays, manifest
 
-    src, cfg, workers = req.src, req.cfg, req.workers
+
+def _ptbxl_labelled_records(src: Path, excluded: dict[str, Any]) -> tuple[Any, list[list[str]]]:
+    """Rows of the database table that are on disk and have a superclass, and their classes."""
+    import pandas as pd
 
     table_path, scp_path = src / "ptbxl_database.csv", src / "scp_statements.csv"
     for p in (table_path, scp_path):
@@ -480,7 +531,6 @@ def _build_ptbxl(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, An
         ) from None
     n_table = len(table)
     on_disk = np.array([(src / f"{f}.hea").is_file() for f in table["filename_lr"]], dtype=bool)
-    excluded: dict[str, Any] = {}
     if not on_disk.all():
         not_there = [str(i) for i in table.index[~on_disk]]
         logger.warning(
@@ -505,17 +555,26 @@ def _build_ptbxl(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, An
         excluded["no_superclass"] = _excluded(
             "no diagnostic statement with likelihood > 0 maps to a superclass", none
         )
-    table = table[has_class]
-    classes = [c for c, k in zip(classes, has_class, strict=True) if k]
+    return table[has_class], [c for c, k in zip(classes, has_class, strict=True) if k]
 
-    jobs = [(str(src / f), cfg.to_dict()) for f in table["filename_lr"]]
-    results = list(_parallel_map(_ptbxl_record, jobs, workers, chunksize=32))
-    n_expected = round(_PTBXL_SECONDS * cfg.fs_target)
-    leads = req.spec.leads
+
+def _ptbxl_signals(
+    ecg_ids: Iterable[Any],
+    results: list[dict[str, Any]],
+    leads: tuple[str, ...],
+    n_expected: int,
+    fs: float,
+    excluded: dict[str, Any],
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Which records to keep (boolean mask) and their ``(n_expected, len(leads))`` signals.
+
+    Leads are put in ``leads`` order; records with other leads, another length or a read error
+    are logged and entered in ``excluded``.
+    """
     keep = np.zeros(len(results), dtype=bool)
     signals: list[np.ndarray] = []
     problems: dict[str, str] = {}
-    for i, (ecg_id, r) in enumerate(zip(table.index, results, strict=True)):
+    for i, (ecg_id, r) in enumerate(zip(ecg_ids, results, strict=True)):
         if "error" in r:
             problems[str(ecg_id)] = r["error"]
             continue
@@ -526,7 +585,7 @@ def _build_ptbxl(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, An
                 continue
             x = x[:, [r["leads"].index(lead) for lead in leads]]
         if x.shape[0] != n_expected:
-            problems[str(ecg_id)] = f"{x.shape[0]} samples at {cfg.fs_target} Hz, not {n_expected}"
+            problems[str(ecg_id)] = f"{x.shape[0]} samples at {fs} Hz, not {n_expected}"
             continue
         keep[i] = True
         signals.append(x)
@@ -534,34 +593,7 @@ def _build_ptbxl(req: BuildRequest) -> tuple[dict[str, np.ndarray], dict[str, An
         logger.warning("ptb-xl: skipping ecg_id %s: %s", ecg_id, why)
     if problems:
         excluded["unreadable"] = _excluded("unreadable or unexpected shape", problems)
-    if not signals:
-        raise UserError(f"ptb-xl: no usable record under {src}; run `ecg download ptb-xl`")
-    table = table[keep]
-    classes = [c for c, k in zip(classes, keep, strict=True) if k]
-    labels = np.zeros((len(table), len(PTBXL_SUPERCLASSES)), dtype=np.float32)
-    for i, cs in enumerate(classes):
-        labels[i, [PTBXL_SUPERCLASSES.index(c) for c in cs]] = 1.0
-    folds = table["strat_fold"].to_numpy(dtype=np.int64)
-    bad_folds = sorted(set(folds.tolist()) - set(_PTBXL_SPLIT_OF_FOLD))
-    if bad_folds:
-        raise UserError(f"ptb-xl: unexpected strat_fold values {bad_folds} in {table_path}")
-    arrays = {
-        "signals": np.stack(signals).astype(np.float32, copy=False),
-        "labels": labels,
-        "record": np.array([str(i) for i in table.index]),
-        "patient": np.array([str(int(p)) for p in table["patient_id"]]),
-        "split": np.array([_PTBXL_SPLIT_OF_FOLD[int(f)] for f in folds]),
-        "fold": folds,
-    }
-    manifest = {
-        "classes": list(PTBXL_SUPERCLASSES),
-        "leads": list(leads),
-        "channels": list(leads),
-        "input_shape": [n_expected, len(leads)],
-        "raw_fs": sorted({float(r["fs"]) for r in results if "fs" in r}),
-        "excluded": excluded,
-    }
-    return arrays, manifest
+    return keep, signals
 
 
 # --------------------------------------------------------------------------- shared

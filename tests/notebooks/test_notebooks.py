@@ -73,6 +73,10 @@ def test_review_models_runs_against_a_registered_champion(
     text = _stream_text(nb)
     assert "ecg-arrhythmia v" in text and "@champion" in text
     assert "agreement" in text
+    # The misclassified-beats example reads the run's validation records (the tiny dataset's
+    # training records are 106 and 209): a patient the model never trained on.
+    assert "validation records of run" in text and "['223']" in text
+    assert "record 223:" in text
     assert "'n_beats'" in text  # the API's answer summary
     errors = [
         o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
