@@ -59,6 +59,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy models pipeline service bench
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m bench.prepare_mitdb

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -37,11 +37,10 @@ from models.preprocessing import (
 )
 from models.recurrent import RecurrentClassifier, RecurrentClassifierConfig
 from models.segment import Segment, SegmentError
+from models.tasks import TASK_ARRHYTHMIA, TaskName
 from models.weights import WEIGHTS_FILE, load_weights, save_weights
 
 __all__ = [
-    "TASK_ARRHYTHMIA",
-    "TASK_HEART_DISEASE",
     "ArrhythmiaPredictor",
     "BeatPredictions",
     "HeartDiseasePredictor",
@@ -54,9 +53,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TASK_ARRHYTHMIA: Final = "arrhythmia"
-TASK_HEART_DISEASE: Final = "heart-disease"
-Task = Literal["arrhythmia", "heart-disease"]
 
 #: The loader module ``mlflow models serve`` imports (by name, from the installed package).
 PYFUNC_LOADER_MODULE: Final = "models.mlflow_pyfunc"
@@ -95,7 +91,7 @@ class ModelCard:
         ``(time_steps, channels)`` of one model input.
     """
 
-    task: Task
+    task: TaskName
     classes: tuple[str, ...]
     leads: tuple[str, ...]
     preprocess: PreprocessConfig
@@ -146,8 +142,9 @@ def log_ecg_model(
 ) -> Any:
     """Log ``model``'s weights and ``card`` into the active run, with signature and example.
 
-    The artifact holds data only: ``data/ecg/weights.safetensors``, ``data/ecg/card.json`` and the
-    MLmodel file, whose ``python_function`` flavour names :data:`PYFUNC_LOADER_MODULE` as its loader.
+    The artifact holds data only: ``data/ecg/weights.safetensors``, ``data/ecg/card.json`` and
+    the MLmodel file, whose ``python_function`` flavour names :data:`PYFUNC_LOADER_MODULE` as its
+    loader.
 
     Parameters
     ----------

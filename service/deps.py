@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 
-from models.predictor import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
+from models.tasks import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
 from service.registry_watch import LoadedModel, ModelHolder
 from service.settings import ServiceSettings
 
@@ -94,7 +95,9 @@ async def require_json(request: Request) -> None:
         )
 
 
-def _model(task: str):
+def _model(task: str) -> Callable[[ModelHolder], Awaitable[LoadedModel]]:
+    """The dependency that yields the current model of ``task``, or answers 503 saying why."""
+
     async def dependency(holder: HolderDep) -> LoadedModel:
         loaded = holder.get(task)
         if loaded is not None:

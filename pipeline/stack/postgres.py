@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.stack.processes import ManagedProcess, StackError, free_port, spawn, wait_until
 
@@ -120,7 +121,7 @@ class PostgresServer:
         """Environment variables that let libpq clients (psycopg2, psql) log in."""
         return {"PGPASSWORD": self.password}
 
-    def connect(self, database: str | None = None):
+    def connect(self, database: str | None = None) -> Any:
         """A new psycopg2 connection (the caller closes it)."""
         import psycopg2
 
