@@ -29,9 +29,10 @@ from models.labels import (
     WFDB_BEAT_SYMBOLS,
     aami_class,
 )
-from models.predictor import TASK_ARRHYTHMIA, TASK_HEART_DISEASE, ModelCard, log_ecg_model
+from models.predictor import ModelCard, log_ecg_model
 from models.preprocessing import PreprocessConfig, beat_inputs, preprocess_signal
 from models.recurrent import RecurrentClassifier, RecurrentClassifierConfig
+from models.tasks import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
 
 __all__ = [
     "ARRHYTHMIA_RECORDS",

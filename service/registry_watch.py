@@ -18,13 +18,12 @@ from datetime import UTC, datetime
 import numpy as np
 
 from models.predictor import (
-    TASK_ARRHYTHMIA,
-    TASK_HEART_DISEASE,
     ArrhythmiaPredictor,
     HeartDiseasePredictor,
     load_predictor,
 )
 from models.segment import Segment
+from models.tasks import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
 from models.tracking_server import check_reachable
 from service.schemas import ReloadOutcome
 from service.settings import ServiceSettings

@@ -18,11 +18,10 @@ import yaml
 
 from bench.tiny_models import build_registry, train_arrhythmia, train_heart_disease
 from models.predictor import (
-    TASK_ARRHYTHMIA,
-    TASK_HEART_DISEASE,
     ArrhythmiaPredictor,
     load_predictor,
 )
+from models.tasks import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
 from models.weights import WEIGHTS_FILE
 
 URI = "models:/ecg-arrhythmia/1"

@@ -15,7 +15,7 @@ from app_helpers import make_settings
 from fastapi.testclient import TestClient
 
 from bench.tiny_models import TinyRegistry, build_registry, train_arrhythmia, train_heart_disease
-from models.predictor import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
+from models.tasks import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
 from service.main import create_app
 
 

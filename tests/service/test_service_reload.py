@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from bench.tiny_models import TinyRegistry, register_model, use_tracking_uri
-from models.predictor import TASK_ARRHYTHMIA
+from models.tasks import TASK_ARRHYTHMIA
 from service.main import create_app
 
 STRIP = {"fs": 360, "signal": np.sin(np.linspace(0, 20 * np.pi, 3600)).round(3).tolist()}
