@@ -17,6 +17,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from models.tracking_server import TrackingServerUnreachableError
+from models.tracking_server import check_reachable as probe_tracking_server
 from pipeline.errors import UserError
 from pipeline.settings import PipelineSettings, get_settings
 
@@ -60,34 +62,18 @@ def resolve_tracking_uri(
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast, with one clear line, when an HTTP tracking server does not answer.
 
-    MLflow's own client retries a refused connection with back-off for minutes before it gives
-    up; a short probe first tells a user at once that the server is down or the URI is wrong. Any
-    HTTP answer counts as reachable; non-HTTP URIs (sqlite, file, databricks) are not probed.
+    :func:`models.tracking_server.check_reachable` (MLflow's own client retries a refused
+    connection with back-off for minutes), its failure as a :class:`UserError`.
 
     Raises
     ------
     UserError
         When the connection fails or times out.
     """
-    import ssl
-    import urllib.error
-    import urllib.request
-
-    if not uri.startswith(("http://", "https://")):
-        return
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-            pass
-    except urllib.error.HTTPError:
-        pass  # it answered
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        if isinstance(reason, ssl.SSLError):
-            return  # it answered; TLS is MLflow's business (e.g. MLFLOW_TRACKING_INSECURE_TLS)
-        raise UserError(
-            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
-            "(e.g. `make stack` or `mlflow server`) or point MLFLOW_TRACKING_URI elsewhere"
-        ) from err
+        probe_tracking_server(uri, timeout_s)
+    except TrackingServerUnreachableError as err:
+        raise UserError(str(err)) from err
 
 
 def initialise_sqlite_store(uri: str, timeout_s: float = 300.0) -> None:
