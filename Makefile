@@ -36,10 +36,10 @@ data: install
 	$(BIN)/ecg prepare ptb-xl
 
 train: data
-	$(BIN)/ecg train --dataset mitdb --model gru --register $(TRAIN_ARGS)
-	$(BIN)/ecg train --dataset mitdb --model lstm --register $(TRAIN_ARGS)
-	$(BIN)/ecg train --dataset ptb-xl --model gru --register $(TRAIN_ARGS)
-	$(BIN)/ecg train --dataset ptb-xl --model lstm --register $(TRAIN_ARGS)
+	$(BIN)/ecg train --dataset mitdb --cell gru --register $(TRAIN_ARGS)
+	$(BIN)/ecg train --dataset mitdb --cell lstm --register $(TRAIN_ARGS)
+	$(BIN)/ecg train --dataset ptb-xl --cell gru --register $(TRAIN_ARGS)
+	$(BIN)/ecg train --dataset ptb-xl --cell lstm --register $(TRAIN_ARGS)
 
 run: train serve
 

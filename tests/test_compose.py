@@ -297,7 +297,7 @@ def test_trainer_script_trains_everything_once_then_keeps_the_champions(
         ["prepare", "mitdb"],
         ["prepare", "ptb-xl"],
         *(
-            ["train", "--dataset", ds, "--model", m, "--epochs", "3", "--register", "--no-progress"]
+            ["train", "--dataset", ds, "--cell", m, "--epochs", "3", "--register", "--no-progress"]
             for ds in ("mitdb", "ptb-xl")
             for m in ("gru", "lstm")
         ),

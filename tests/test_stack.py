@@ -305,7 +305,7 @@ def test_train_register_and_serve_through_the_stack(
         "ecg-heart-disease": "1",
     }
     params = client.get_run(champions["ecg-heart-disease"].run_id).data.params
-    assert params["train.model"] == "lstm"
+    assert params["train.cell"] == "lstm"
     # promote is idempotent on the champion itself
     promoted = stack.run([*ecg, "promote", "--model-name", "ecg-arrhythmia", "--version", "1"])
     assert promoted.returncode == 0
