@@ -26,9 +26,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.files import files_router
 from service.registry_watch import ModelHolder
 from service.routes import admin_router, ops_router, predict_router
 from service.settings import ServiceSettings, get_settings
+from service.web import web_router
 
 __all__ = ["create_app"]
 
@@ -325,6 +327,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(predict_router)
     app.include_router(admin_router)
+    app.include_router(files_router)  # recorder files in: WFDB, EDF, CSV, binary
+    app.include_router(web_router)  # GET / : the web page
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
