@@ -1,0 +1,112 @@
+"""Tests of pipeline.noise_stress: nst's SNR definition and protocol, on real mitdb and nstdb."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.noise_stress import (
+    add_noise,
+    noise_gain,
+    noise_power,
+    qrs_power,
+    read_noise,
+    standard_protocol,
+)
+from pipeline.records import read_annotations, read_record
+
+FS = 360.0
+
+
+@pytest.fixture(scope="module")
+def nstdb_dir(shared_physionet: Path) -> Path:
+    path = shared_physionet / "nstdb" / "1.0.0"
+    if not (path / "em.hea").is_file():
+        pytest.skip(f"nstdb noise records not at {path}")
+    return path
+
+
+def test_qrs_power_is_sigamp_amplitude_squared_over_8() -> None:
+    """Spikes of known peak-to-peak amplitude; 5% outliers each side are discarded."""
+    x = np.zeros(400 * 360)
+    peaks = np.arange(200, 400 * 360 - 200, 360)[:300]
+    amps = np.full(peaks.size, 1.6)
+    amps[:10] = 50.0  # the largest 5% (15 beats) are discarded, so these do not count
+    x[peaks] = amps
+    assert qrs_power(x, FS, peaks) == pytest.approx(1.6**2 / 8)
+
+
+def test_noise_power_trims_chunks() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(0.0, 0.2, 300 * 360) + 3.0  # the chunk means are removed
+    w[:360] *= 100.0  # one wild second is trimmed away
+    assert noise_power(w, FS) == pytest.approx(0.04, rel=0.03)
+
+
+def test_gain_solves_the_snr_equation() -> None:
+    a = noise_gain(0.5, 0.02, 6.0)
+    assert 10 * np.log10(0.5 / (0.02 * a**2)) == pytest.approx(6.0)
+    with pytest.raises(UserError, match="no power"):
+        noise_gain(0.5, 0.0, 6.0)
+
+
+def test_standard_protocol() -> None:
+    mask = standard_protocol(round(30 * 60 * FS), FS)
+    minutes = mask.reshape(30, -1)
+    assert not minutes[:5].any()  # the learning period
+    assert minutes[5:7].all() and not minutes[7:9].any() and minutes[9:11].all()
+    assert mask.mean() == pytest.approx(13 / 30, abs=0.01)  # noisy: 5-7, 9-11, ..., 29-30
+
+
+def test_add_noise_to_record_118_as_nst_does(mitdb_dir: Path, nstdb_dir: Path) -> None:
+    rec = read_record(mitdb_dir / "118")
+    x = rec.lead("MLII").astype(np.float64)
+    ann = read_annotations(mitdb_dir / "118")
+    normal = ann.sample[np.isin(ann.symbol, ["N", "L", "R", "e", "j"])]
+    noise, noise_fs = read_noise(nstdb_dir, "em")
+    assert noise_fs == 360.0 and noise.shape == (650_000, 2)
+    out = add_noise(x, FS, normal, noise[:, 0], noise_fs, 6.0)
+    added = out.signal.astype(np.float64) - x
+    # clean where the protocol says so, up to an offset constant over each clean period
+    assert np.abs(added[: round(300 * FS)]).max() < 1e-5
+    # inside noisy periods: gain * noise + a constant offset, at the SNR asked for
+    sel = slice(round(301 * FS), round(419 * FS))
+    np.testing.assert_allclose(
+        added[sel] - added[sel].mean(), out.gain * (noise[sel, 0] - noise[sel, 0].mean()), atol=2e-4
+    )
+    snr = 10 * np.log10(qrs_power(x, FS, normal) / (out.gain**2 * noise_power(noise[:, 0], FS)))
+    assert snr == pytest.approx(6.0)
+    # offsets cancel the step at each gain change (nst's b)
+    edges = np.flatnonzero(np.diff(out.noisy.astype(int))) + 1
+    assert edges.size > 4
+    w = noise[:, 0].astype(np.float64)
+    for e in edges:  # no jump beyond the noise's own sample-to-sample change
+        step = abs(float(added[e] - added[e - 1]))
+        assert step <= out.gain * abs(float(w[e] - w[e - 1])) + 1e-4, e
+    # without the offsets the output would jump by gain * noise at the switch
+    assert max(abs(out.gain * w[e]) for e in edges) > 0.1
+    # lower SNR, more noise: each 6 dB doubles the gain
+    assert add_noise(x, FS, normal, noise[:, 0], noise_fs, 0.0).gain == pytest.approx(
+        2 * out.gain, rel=0.01
+    )
+
+
+def test_noise_at_another_rate_is_resampled(nstdb_dir: Path) -> None:
+    """A 128-Hz clean signal (svdb's rate) gets the 360-Hz noise resampled and rewound."""
+    noise, noise_fs = read_noise(nstdb_dir, "ma")
+    fs = 128.0
+    n = round(40 * 60 * fs)  # longer than the 30-min noise record: rewound
+    x = np.zeros(n)
+    peaks = np.arange(64, n - 64, 128)
+    x[peaks] = 1.0
+    out = add_noise(x, fs, peaks, noise[:, 0], noise_fs, 0.0)
+    assert out.signal.shape == (n,) and np.isfinite(out.signal).all()
+    assert np.ptp(out.signal[out.noisy]) > 1.0
+
+
+def test_unknown_noise_type(nstdb_dir: Path) -> None:
+    with pytest.raises(UserError, match="unknown noise type 'xx'"):
+        read_noise(nstdb_dir, "xx")
