@@ -126,32 +126,15 @@ def evaluate_arrhythmia(
     classes = list(classes)
     y_pred = proba.argmax(axis=1)
     labels = np.arange(len(classes))
-    prec, rec, f1, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
     cm = skm.confusion_matrix(y_true, y_pred, labels=labels)
     scored_idx = [classes.index(c) for c in scored if c in classes]
     m: dict[str, float] = {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "macro_f1": float(np.mean(f1[scored_idx])),
+        "macro_f1": 0.0,  # below, from the per-class F1
         "n_samples": float(y_true.shape[0]),
     }
-    per_class: dict[str, dict[str, float]] = {}
-    for i, name in enumerate(classes):
-        auc = _safe_auc((y_true == i).astype(int), proba[:, i])
-        per_class[name] = {
-            "precision": float(prec[i]),
-            "recall": float(rec[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-            "predicted": int((y_pred == i).sum()),
-            "auc": auc,
-        }
-        m[f"{name}_precision"] = float(prec[i])
-        m[f"{name}_recall"] = float(rec[i])
-        m[f"{name}_f1"] = float(f1[i])
-        if not np.isnan(auc):
-            m[f"{name}_auc"] = auc
+    per_class = _single_label_per_class(y_true, y_pred, proba, classes, m)
+    m["macro_f1"] = float(np.mean([per_class[classes[i]]["f1"] for i in scored_idx]))
     report = {
         "split": split,
         "task": "arrhythmia",
@@ -171,6 +154,37 @@ def evaluate_arrhythmia(
             "pr_curves.png": _pr_figure(onehot, proba, classes, f"{split}: precision-recall"),
         }
     return EvaluationResult(split, m, report, figs)
+
+
+def _single_label_per_class(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    proba: np.ndarray,
+    classes: list[str],
+    metrics: dict[str, float],
+) -> dict[str, dict[str, float]]:
+    """Per-class precision, recall, F1, support, predictions and one-vs-rest AUC; the flat
+    ``<class>_<metric>`` entries are added to ``metrics``."""
+    prec, rec, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(len(classes)), zero_division=0
+    )
+    per_class: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(classes):
+        auc = _safe_auc((y_true == i).astype(int), proba[:, i])
+        per_class[name] = {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "predicted": int((y_pred == i).sum()),
+            "auc": auc,
+        }
+        metrics[f"{name}_precision"] = float(prec[i])
+        metrics[f"{name}_recall"] = float(rec[i])
+        metrics[f"{name}_f1"] = float(f1[i])
+        if not np.isnan(auc):
+            metrics[f"{name}_auc"] = auc
+    return per_class
 
 
 def evaluate_heart_disease(
@@ -199,27 +213,8 @@ def evaluate_heart_disease(
     y = (np.asarray(y_true) > 0.5).astype(int)
     y_pred = (proba >= threshold).astype(int)
     m: dict[str, float] = {"n_samples": float(y.shape[0])}
-    per_class: dict[str, dict[str, float]] = {}
-    aucs = []
-    cms = []
-    for i, name in enumerate(classes):
-        auc = _safe_auc(y[:, i], proba[:, i])
-        p, r, f, _ = skm.precision_recall_fscore_support(
-            y[:, i], y_pred[:, i], average="binary", zero_division=0
-        )
-        per_class[name] = {
-            "auc": auc,
-            "precision": float(p),
-            "recall": float(r),
-            "f1": float(f),
-            "support": int(y[:, i].sum()),
-            "predicted": int(y_pred[:, i].sum()),
-        }
-        cms.append(skm.confusion_matrix(y[:, i], y_pred[:, i], labels=[0, 1]))
-        m[f"{name}_precision"], m[f"{name}_recall"], m[f"{name}_f1"] = float(p), float(r), float(f)
-        if not np.isnan(auc):
-            m[f"{name}_auc"] = auc
-            aucs.append(auc)
+    per_class, cms = _multi_label_per_class(y, y_pred, proba, classes, m)
+    aucs = [m[f"{c}_auc"] for c in classes if f"{c}_auc" in m]
     m["macro_auc"] = float(np.mean(aucs)) if aucs else float("nan")
     m["macro_f1"] = float(np.mean([per_class[c]["f1"] for c in classes]))
     m["accuracy"] = float(np.mean((y_pred == y).all(axis=1)))  # exact-match (subset) accuracy
@@ -255,6 +250,39 @@ def evaluate_heart_disease(
             "pr_curves.png": _pr_figure(y, proba, classes, f"{split}: precision-recall"),
         }
     return EvaluationResult(split, m, report, figs)
+
+
+def _multi_label_per_class(
+    y: np.ndarray,
+    y_pred: np.ndarray,
+    proba: np.ndarray,
+    classes: list[str],
+    metrics: dict[str, float],
+) -> tuple[dict[str, dict[str, float]], list[np.ndarray]]:
+    """Per-class AUC, precision, recall, F1, support and 2x2 confusion matrices; the flat
+    ``<class>_<metric>`` entries are added to ``metrics`` (``<class>_auc`` only when defined)."""
+    per_class: dict[str, dict[str, float]] = {}
+    cms = []
+    for i, name in enumerate(classes):
+        auc = _safe_auc(y[:, i], proba[:, i])
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            y[:, i], y_pred[:, i], average="binary", zero_division=0
+        )
+        per_class[name] = {
+            "auc": auc,
+            "precision": float(p),
+            "recall": float(r),
+            "f1": float(f),
+            "support": int(y[:, i].sum()),
+            "predicted": int(y_pred[:, i].sum()),
+        }
+        cms.append(skm.confusion_matrix(y[:, i], y_pred[:, i], labels=[0, 1]))
+        metrics[f"{name}_precision"] = float(p)
+        metrics[f"{name}_recall"] = float(r)
+        metrics[f"{name}_f1"] = float(f)
+        if not np.isnan(auc):
+            metrics[f"{name}_auc"] = auc
+    return per_class, cms
 
 
 def log_evaluation(result: EvaluationResult, prefix: str | None = None) -> None:
