@@ -352,10 +352,22 @@ def _clip_mask(x: np.ndarray, fs: float, th: QualityThresholds) -> np.ndarray:
     return long_runs[labels]
 
 
+@lru_cache(maxsize=64)
+def _hann(n: int) -> np.ndarray:
+    return sps.get_window("hann", n)
+
+
 def _band_powers(x: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray]:
+    """Welch power spectrum (4-s Hann segments, 50% overlap, mean removed per segment), up to
+    a constant factor (only ratios of band powers are used); numpy's FFT over all segments at
+    once, ~5x faster than ``scipy.signal.welch`` on a 10-s strip."""
     nperseg = int(min(x.shape[0], round(4 * fs)))
-    f, p = sps.welch(x, fs=fs, nperseg=nperseg)
-    return f, p
+    step = max(1, nperseg // 2)
+    segs = np.lib.stride_tricks.sliding_window_view(x, nperseg)[::step]
+    segs = segs - segs.mean(axis=1, keepdims=True)
+    spectrum = np.fft.rfft(segs * _hann(nperseg), axis=1)
+    p = np.mean(spectrum.real**2 + spectrum.imag**2, axis=0)
+    return np.fft.rfftfreq(nperseg, 1.0 / fs), p
 
 
 def _power(f: np.ndarray, p: np.ndarray, lo: float, hi: float) -> float:
@@ -396,8 +408,9 @@ def _assess_window(
     second: np.ndarray,
     flat: np.ndarray,
     th: QualityThresholds,
-) -> tuple[list[str], list[str], dict[str, float], np.ndarray, np.ndarray]:
-    """SQIs of one window: hard failures, soft failures, SQIs, QRS amplitudes, clip mask."""
+) -> tuple[list[str], list[str], dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
+    """SQIs of one window: hard and soft failures, SQIs, per-beat QRS amplitudes, clip mask
+    and per-beat template correlations."""
     n = raw.shape[0]
     sqi: dict[str, float] = {}
     hard: list[str] = []
@@ -456,9 +469,10 @@ def _assess_window(
     before, after = round(_BEAT_BEFORE_S * fs), round(_BEAT_AFTER_S * fs)
     if peaks.size >= 2:
         beats = _beat_matrix(band, peaks, before, after)
-        template = np.median(beats, axis=0)
-        sqi["tcorr"] = float(np.mean(_corr_rows(beats, template)))
+        tcorr = _corr_rows(beats, np.median(beats, axis=0))
+        sqi["tcorr"] = float(np.mean(tcorr))
     else:
+        tcorr = np.ones(peaks.size)
         sqi["tcorr"] = 0.0 if peaks.size == 0 else 1.0
 
     if sqi["ksqi"] < th.ksqi_hard_min:
@@ -475,7 +489,7 @@ def _assess_window(
         soft.append("tcorr")
     if duration >= 2 * th.max_rr_s and sqi["max_rr_s"] > th.max_rr_s:
         soft.append("max_rr_s")
-    return hard, soft, sqi, amps, clipped
+    return hard, soft, sqi, amps, clipped, tcorr
 
 
 def _windows(n: int, fs: float, window_s: float) -> list[tuple[int, int]]:
@@ -557,7 +571,7 @@ def assess_strip(
         idx = np.flatnonzero(in_win)
         wp = peaks[idx] - start
         sp = second[(second >= start) & (second < stop)] - start
-        hard, soft, sqi, amps, clipped = _assess_window(
+        hard, soft, sqi, amps, clipped, tcorr = _assess_window(
             x[start:stop], band[start:stop], fs, wp, sp, flat[start:stop], th
         )
         if hard or len(soft) >= th.soft_fail_unreadable:
@@ -570,7 +584,7 @@ def assess_strip(
         if idx.size == 0:
             continue
         _judge_beats(
-            band[start:stop], fs, wp, amps, clipped, flat[start:stop], th, idx,
+            band[start:stop], fs, wp, amps, clipped, tcorr, flat[start:stop], th, idx,
             verdict, hard + soft, beat_verdicts, beat_reasons, beat_amp, beat_noise, beat_tcorr,
         )  # fmt: skip
 
@@ -585,6 +599,7 @@ def _judge_beats(
     wp: np.ndarray,
     amps: np.ndarray,
     clipped: np.ndarray,
+    tcorr: np.ndarray,
     flat: np.ndarray,
     th: QualityThresholds,
     idx: np.ndarray,
@@ -619,22 +634,20 @@ def _judge_beats(
     rms = np.sqrt((cum_sq[hi] - cum_sq[lo]) / np.maximum(cum_n[hi] - cum_n[lo], 1.0))
     noise = np.where(amps > 0, rms / np.maximum(amps, 1e-9), np.inf)
 
-    before, after = round(_BEAT_BEFORE_S * fs), round(_BEAT_AFTER_S * fs)
-    if wp.size >= 2:
-        beats = _beat_matrix(band, wp, before, after)
-        tcorr = _corr_rows(beats, np.median(beats, axis=0))
-    else:
-        tcorr = np.ones(wp.size)
-
     near = max(1, round(0.3 * fs))
-    for k, (i, p) in enumerate(zip(idx, wp, strict=True)):
+    cum_flat = np.concatenate([[0], np.cumsum(flat)])
+    cum_clip = np.concatenate([[0], np.cumsum(clipped)])
+    f_lo, f_hi = np.maximum(wp - near, 0), np.minimum(wp + near + 1, n)
+    flat_share = (cum_flat[f_hi] - cum_flat[f_lo]) / np.maximum(f_hi - f_lo, 1)
+    c_lo, c_hi = np.maximum(wp - q, 0), np.minimum(wp + q + 1, n)
+    on_clip = (cum_clip[c_hi] - cum_clip[c_lo]) > 0
+    for k, i in enumerate(idx):
         reasons = list(window_reasons)
         verdict = window_verdict
         own: list[str] = []
-        sl = slice(max(0, p - near), min(n, p + near + 1))
-        if float(np.mean(flat[sl])) > th.flat_max:
+        if flat_share[k] > th.flat_max:
             own.append("flat")
-        if bool(np.any(clipped[max(0, p - q) : p + q + 1])):
+        if on_clip[k]:
             own.append("clipped")
         if not 1.0 / th.beat_amp_ratio <= ratio[k] <= th.beat_amp_ratio:
             own.append("beat_amplitude")
