@@ -318,64 +318,79 @@ def load_dataset(path: Path | str, *, verify: bool = True) -> Dataset:
         manifest; the message says what and to re-run ``ecg prepare <name>``.
     """
     path = Path(path)
-    name = path.name
-
-    def fail(what: str) -> UserError:
-        return UserError(f"dataset {path}: {what}; re-run `ecg prepare {name}`")
-
     if not path.is_dir():
-        which = name if name in DATASETS else "|".join(DATASETS)
+        which = path.name if path.name in DATASETS else "|".join(DATASETS)
         raise UserError(f"dataset {path} does not exist; build it with `ecg prepare {which}`")
-    try:
-        manifest = json.loads((path / _MANIFEST).read_text())
-    except FileNotFoundError:
-        raise fail(f"{_MANIFEST} is missing") from None
-    except (OSError, ValueError) as err:
-        raise fail(f"{_MANIFEST} is unreadable ({err})") from None
-    if not isinstance(manifest, dict):
-        raise fail(f"{_MANIFEST} is not a JSON object")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise fail(f"format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
-    kind = manifest.get("dataset")
-    if kind not in DATASETS:
-        raise fail(f"unknown dataset kind {kind!r} in {_MANIFEST}")
-    name = str(kind)
-    required = _REQUIRED_ARRAYS[DATASETS[name].input_kind]
+    manifest = _read_manifest(path)
+    name = str(manifest["dataset"])
     try:
         with np.load(path / _ARRAYS, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
-        raise fail(f"{_ARRAYS} is missing") from None
+        raise _damaged(path, name, f"{_ARRAYS} is missing") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise fail(f"{_ARRAYS} is damaged ({type(err).__name__}: {err})") from None
-
-    missing = [k for k in required if k not in arrays]
-    if missing:
-        raise fail(f"{_ARRAYS} lacks arrays {missing}")
-    for key, kind_ in required.items():
-        a = arrays[key]
-        ok = a.dtype.kind == "U" if kind_ == "U" else a.dtype == np.dtype(kind_)
-        if not ok:
-            raise fail(f"array {key!r} has dtype {a.dtype}, expected {kind_}")
-    n = manifest.get("n_items")
-    lengths = {k: int(arrays[k].shape[0]) for k in required}
-    if set(lengths.values()) != {n}:
-        raise fail(f"array lengths {lengths} do not all equal n_items={n}")
-    bad_splits = sorted(set(arrays["split"].tolist()) - set(SPLITS))
-    if bad_splits:
-        raise fail(f"unknown split names {bad_splits}")
-    if verify:
-        digest = content_sha256(arrays)
-        if digest != manifest.get("content_sha256"):
-            raise fail(
-                f"content hash {digest[:12]} does not match the manifest's "
-                f"{str(manifest.get('content_sha256'))[:12]} (files changed or partly written)"
-            )
+        raise _damaged(path, name, f"{_ARRAYS} is damaged ({type(err).__name__}: {err})") from None
+    problem = _arrays_problem(arrays, manifest, verify)
+    if problem:
+        raise _damaged(path, name, problem)
     ds = Dataset(path=path, manifest=manifest, arrays=arrays)
     shape = _input_shape(ds)
     if shape != list(manifest.get("input_shape", [])):
-        raise fail(f"model input shape {shape} differs from the manifest's input_shape")
+        what = f"model input shape {shape} differs from the manifest's input_shape"
+        raise _damaged(path, name, what)
     return ds
+
+
+def _damaged(path: Path, name: str, what: str) -> UserError:
+    return UserError(f"dataset {path}: {what}; re-run `ecg prepare {name}`")
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """``manifest.json`` of a dataset of a known kind and format version."""
+    try:
+        manifest = json.loads((path / _MANIFEST).read_text())
+    except FileNotFoundError:
+        raise _damaged(path, path.name, f"{_MANIFEST} is missing") from None
+    except (OSError, ValueError) as err:
+        raise _damaged(path, path.name, f"{_MANIFEST} is unreadable ({err})") from None
+    if not isinstance(manifest, dict):
+        raise _damaged(path, path.name, f"{_MANIFEST} is not a JSON object")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version")
+        raise _damaged(path, path.name, f"format_version {version} is not {FORMAT_VERSION}")
+    kind = manifest.get("dataset")
+    if kind not in DATASETS:
+        raise _damaged(path, path.name, f"unknown dataset kind {kind!r} in {_MANIFEST}")
+    return manifest
+
+
+def _arrays_problem(
+    arrays: dict[str, np.ndarray], manifest: dict[str, Any], verify: bool
+) -> str | None:
+    """What is wrong with the arrays given the manifest (None: nothing)."""
+    required = _REQUIRED_ARRAYS[DATASETS[str(manifest["dataset"])].input_kind]
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        return f"{_ARRAYS} lacks arrays {missing}"
+    for key, kind in required.items():
+        a = arrays[key]
+        if not (a.dtype.kind == "U" if kind == "U" else a.dtype == np.dtype(kind)):
+            return f"array {key!r} has dtype {a.dtype}, expected {kind}"
+    n = manifest.get("n_items")
+    lengths = {k: int(arrays[k].shape[0]) for k in required}
+    if set(lengths.values()) != {n}:
+        return f"array lengths {lengths} do not all equal n_items={n}"
+    bad_splits = sorted(set(arrays["split"].tolist()) - set(SPLITS))
+    if bad_splits:
+        return f"unknown split names {bad_splits}"
+    if verify:
+        digest = content_sha256(arrays)
+        if digest != manifest.get("content_sha256"):
+            return (
+                f"content hash {digest[:12]} does not match the manifest's "
+                f"{str(manifest.get('content_sha256'))[:12]} (files changed or partly written)"
+            )
+    return None
 
 
 def _input_shape(ds: Dataset) -> list[int]:
