@@ -168,17 +168,9 @@ def register_run(
     UserError
         Unknown run, unfinished run, run without a model, or a name that does not fit its task.
     """
-    from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as err:
-        raise UserError(
-            f"no MLflow run {run_id!r} in {client.tracking_uri}: {err.message}"
-        ) from None
-    if run.info.status != "FINISHED":
-        raise UserError(f"run {run_id} is {run.info.status}; only FINISHED runs are registered")
+    run = _finished_run(client, run_id)
     task = run.data.tags.get(TAG_TASK)
     if task not in TASKS:
         raise UserError(f"run {run_id} has no known {TAG_TASK} tag (got {task!r})")
@@ -186,15 +178,7 @@ def register_run(
     metric, value = _selection(run)
     logged = _run_model(client, run)
 
-    created_model = False
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(
-            name, tags={TAG_TASK: task, TAG_SELECTION_METRIC: metric},
-            description=f"ECG {task} model; @{CHAMPION_ALIAS} = best {metric} so far",
-        )  # fmt: skip
-        created_model = True
+    created_model = _ensure_registered_model(client, name, task, metric)
     mv = None
     try:
         existing = client.get_registered_model(name).tags.get(TAG_TASK)
@@ -226,6 +210,36 @@ def register_run(
         raise
     logger.info("registered run %s as %s v%s", run_id, name, mv.version)
     return Registration(name, str(mv.version), run_id, decision)
+
+
+def _finished_run(client: Any, run_id: str) -> Any:
+    """The run ``run_id``; UserError when it does not exist or did not finish."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise UserError(
+            f"no MLflow run {run_id!r} in {client.tracking_uri}: {err.message}"
+        ) from None
+    if run.info.status != "FINISHED":
+        raise UserError(f"run {run_id} is {run.info.status}; only FINISHED runs are registered")
+    return run
+
+
+def _ensure_registered_model(client: Any, name: str, task: str, metric: str) -> bool:
+    """Create registered model ``name`` for ``task`` unless it exists; True when created."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(
+            name, tags={TAG_TASK: task, TAG_SELECTION_METRIC: metric},
+            description=f"ECG {task} model; @{CHAMPION_ALIAS} = best {metric} so far",
+        )  # fmt: skip
+        return True
+    return False
 
 
 def promote(
