@@ -131,7 +131,14 @@ class Segment:
 
 
 def _checked_peaks(r_peaks: np.ndarray, n_samples: int) -> np.ndarray:
-    peaks = np.asarray(r_peaks)
+    try:
+        peaks = np.asarray(r_peaks)
+        if peaks.dtype == object:  # Python ints beyond int64
+            peaks = peaks.astype(np.int64)
+    except (OverflowError, TypeError, ValueError) as err:
+        raise SegmentError(
+            f"r_peaks must be sample indices inside the signal (< {n_samples}): {err}"
+        ) from err
     if peaks.ndim != 1 or (peaks.size and not np.issubdtype(peaks.dtype, np.integer)):
         raise SegmentError(f"r_peaks must be a 1-D list of sample indices, got {peaks.dtype}")
     peaks = peaks.astype(np.int64)

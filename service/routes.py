@@ -107,7 +107,7 @@ def _segment(
             np.asarray(signal, dtype=np.float32),
             fs,
             tuple(leads),
-            None if r_peaks is None else np.asarray(r_peaks, dtype=np.int64),
+            None if r_peaks is None else np.asarray(r_peaks),
         )
     except SegmentError as err:
         raise _unprocessable(f"{where}{err}") from err

@@ -32,9 +32,9 @@ TRAIN_STEPS: tuple[tuple[str, ...], ...] = (
     ("prepare", "mitdb"),
     ("prepare", "ptb-xl"),
     *(
-        ("train", "--dataset", dataset, "--model", model, "--epochs", "{epochs}", "--register")
+        ("train", "--dataset", dataset, "--cell", cell, "--epochs", "{epochs}", "--register")
         for dataset in ("mitdb", "ptb-xl")
-        for model in ("gru", "lstm")
+        for cell in ("gru", "lstm")
     ),
 )
 

@@ -16,12 +16,8 @@ import pytest
 import torch
 import yaml
 
-from bench.tiny_models import build_registry, train_arrhythmia, train_heart_disease
-from models.predictor import (
-    ArrhythmiaPredictor,
-    load_predictor,
-)
-from models.tasks import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
+from bench.tiny_models import register_model, train_arrhythmia
+from models.predictor import ArrhythmiaPredictor, load_predictor
 from models.weights import WEIGHTS_FILE
 
 URI = "models:/ecg-arrhythmia/1"
@@ -37,21 +33,31 @@ class _WritesMarker:
         return (exec, (f"open({str(self.marker)!r}, 'w').write('code ran')",))
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> tuple[str, Path]:
-    """``(tracking URI, artifact root)`` of a fresh registry with both tiny models (synthetic)."""
+@pytest.fixture(scope="module")
+def tiny_arrhythmia() -> tuple[Any, ...]:
+    """A tiny arrhythmia model (synthetic beats: these tests are about files, not accuracy)."""
     torch.set_num_threads(1)
-    trained = {
-        TASK_ARRHYTHMIA: train_arrhythmia(None, hidden_size=4, steps=2),
-        TASK_HEART_DISEASE: train_heart_disease(None, n_records=4, hidden_size=4, steps=1),
-    }
-    reg = build_registry(tmp_path / "reg", None, None, trained=trained)
-    return reg.tracking_uri, reg.root / "artifacts"
+    return train_arrhythmia(None, hidden_size=4, steps=2)
+
+
+@pytest.fixture
+def registry(tmp_path: Path, tiny_arrhythmia: tuple[Any, ...]) -> tuple[str, Path]:
+    """``(tracking URI, artifact root)`` of a fresh sqlite registry holding ``ecg-arrhythmia/1``."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    artifacts = tmp_path / "artifacts"
+    MlflowClient(tracking_uri=uri).create_experiment(
+        "tiny-service-models", artifact_location=artifacts.as_uri()
+    )
+    module, card, example, _ = tiny_arrhythmia
+    register_model(uri, module, card, example, "ecg-arrhythmia")
+    return uri, artifacts
 
 
 def _stored(artifacts: Path, name: str) -> list[Path]:
     """Files called ``name`` in the stored artifacts of the arrhythmia model (version 1)."""
-    mlmodels = [p for p in artifacts.rglob("MLmodel") if "MLII" in p.read_text()]
+    mlmodels = list(artifacts.rglob("MLmodel"))
     assert len(mlmodels) == 1, mlmodels
     return list(mlmodels[0].parent.rglob(name))
 
@@ -123,3 +129,58 @@ def test_a_loader_switched_to_a_pickled_python_model_is_refused(
     with pytest.raises(ValueError, match="not an ECG weights model"):
         load_predictor(URI, tracking_uri=uri)
     assert not marker.exists()
+
+
+def test_mlflow_models_serve_answers_with_the_same_logits(
+    registry: tuple[str, Path], tiny_arrhythmia: tuple[Any, ...], tmp_path: Path
+) -> None:
+    """The serving baseline of bench.serving: ``mlflow models serve --env-manager local``."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    uri, _ = registry
+    module, _, example, _ = tiny_arrhythmia
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ECG_", "MLFLOW_"))}
+    env["MLFLOW_TRACKING_URI"] = uri
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--env-manager"]
+    cmd += ["local", "--host", "127.0.0.1", "-p", str(port), "--workers", "1"]
+    log = (tmp_path / "serve.log").open("wb")
+    # Its own process group: mlflow starts uvicorn as a child, and both must stop.
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "mlflow models serve did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/invocations", json={"inputs": example.tolist()}, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        with torch.inference_mode():
+            expected = module(torch.from_numpy(example)).numpy()
+        np.testing.assert_allclose(np.asarray(r.json()["predictions"]), expected, atol=1e-5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
