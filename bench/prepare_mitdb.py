@@ -34,9 +34,9 @@ def ecg_hours(dataset_dir: Path, raw_root: Path) -> float:
     """Hours of ECG recordings (all leads counted once) in a prepared dataset."""
     ds = load_dataset(dataset_dir, verify=False)
     src = raw_root / ds.manifest["source"]["database"] / ds.manifest["source"]["version"]
-    if ds.name == "mitdb":
+    if ds.spec.is_beats:  # beats: whole records were read
         seconds = sum(read_record(src / r).duration_s for r in ds.records())
-    else:
+    else:  # one 10-s record per item
         seconds = 10.0 * len(ds)
     return seconds / 3600.0
 
