@@ -127,6 +127,9 @@ class BuildRequest:
         Processes reading records in parallel.
     r_peaks : {"annotated", "detected"}
         Beat datasets: where beat windows are centred.
+    raw_root : Path, optional
+        The raw download root, for builders that read more than their main database
+        (``spec.databases[1:]``, e.g. with :func:`_source_dir`).
     """
 
     spec: DatasetSpec
@@ -134,6 +137,7 @@ class BuildRequest:
     cfg: PreprocessConfig
     workers: int
     r_peaks: str = "annotated"
+    raw_root: Path | None = None
 
 
 #: A builder reads a download and returns the dataset's arrays and its own manifest entries
@@ -193,7 +197,8 @@ def prepare_dataset(
     workers = max(1, workers if workers is not None else min(os.cpu_count() or 1, 8))
     t0 = time.perf_counter()
     cfg = cfg or spec.preprocess
-    arrays, manifest = BUILDERS[dataset](BuildRequest(spec, src, cfg, workers, r_peaks))
+    request = BuildRequest(spec, src, cfg, workers, r_peaks, raw_root=Path(raw_root))
+    arrays, manifest = BUILDERS[dataset](request)
     manifest = {
         "format_version": FORMAT_VERSION,
         "dataset": dataset,
