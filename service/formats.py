@@ -41,6 +41,7 @@ from typing import Final, Literal
 import numpy as np
 
 from models.labels import WFDB_BEAT_SYMBOLS
+from service.wfdb_annotations import read_mit_annotations
 
 __all__ = [
     "BINARY_DTYPES",
@@ -357,21 +358,7 @@ def parse_wfdb(files: Sequence[UploadedFile], *, max_seconds: float) -> EcgRecor
             ) from err
         peaks = None
         if annotations:
-            ann_file = annotations[0]
-            (root / f"{record_name}.{ann_file.extension}").write_bytes(ann_file.data)
-            try:
-                ann = wfdb.rdann(str(root / record_name), ann_file.extension)
-            except Exception as err:
-                raise RecordFormatError(
-                    f"{ann_file.name}: not a readable WFDB annotation file: {err}"
-                ) from err
-            keep = [i for i, s in enumerate(ann.symbol or []) if s in WFDB_BEAT_SYMBOLS]
-            peaks = np.asarray(ann.sample, dtype=np.int64)[keep]
-            if len(peaks) and (peaks.max() >= header.sig_len or peaks.min() < 0):
-                raise RecordFormatError(
-                    f"{ann_file.name}: beat annotations run to sample {int(peaks.max())}, past "
-                    f"the record's {header.sig_len} samples (annotations of another record?)"
-                )
+            peaks = _annotated_beats(annotations[0], int(header.sig_len))
     signal = np.asarray(rec.p_signal, dtype=np.float64)
     scales = [_unit_scale(u or "", where) for u in (rec.units or [""] * rec.n_sig)]
     if any(s is None for s in scales):
@@ -387,6 +374,24 @@ def parse_wfdb(files: Sequence[UploadedFile], *, max_seconds: float) -> EcgRecor
         r_peaks=peaks,
         name=record_name,
     )
+
+
+def _annotated_beats(ann_file: UploadedFile, sig_len: int) -> np.ndarray:
+    """Beat positions (WFDB beat symbols only) of an uploaded MIT-format annotation file."""
+    try:
+        samples, symbols = read_mit_annotations(ann_file.data)
+    except ValueError as err:
+        raise RecordFormatError(
+            f"{ann_file.name}: not a readable WFDB annotation file: {err}"
+        ) from err
+    keep = [i for i, sym in enumerate(symbols) if sym in WFDB_BEAT_SYMBOLS]
+    peaks = samples[keep]
+    if len(peaks) and (peaks.max() >= sig_len or peaks.min() < 0):
+        raise RecordFormatError(
+            f"{ann_file.name}: beat annotations run to sample {int(peaks.max())}, past "
+            f"the record's {sig_len} samples (annotations of another record?)"
+        )
+    return peaks
 
 
 def _check_wfdb_header(header: object, where: str) -> None:

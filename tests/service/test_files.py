@@ -382,3 +382,26 @@ def test_page_and_its_files_are_served(client: TestClient) -> None:
     assert client.get("/static/../main.py").status_code == 404
     assert client.get("/static/%2e%2e/main.py").status_code == 404
     assert client.get("/static/examples/make_examples.py").status_code == 404
+
+
+#: A fuzzed copy of an .atr (two time-resolution notes, a flipped byte) on which wfdb.rdann
+#: 4.3 loops forever; the service's own reader must answer it.
+_LOOPING_ATR = (
+    b"\x00X\x17\xfc## time resolut\xd4on: 360\x00X\x17\xfc## time resolution: 365\x00\x00\x000"
+    b"\x00\xec\xff\xff\xff\xff\x01\x007\x14\xcc\x05\xcc\x14\xd0\x05\xcc\x14\xcf\x05\xe4\x14\xc5"
+    b"\x05\xbf\x14\xdc\x05\xc9\x14\x00\x00"
+)
+
+
+@pytest.mark.timeout(120)
+def test_an_annotation_file_that_hangs_wfdb_gets_an_answer(client: TestClient) -> None:
+    examples = Path(__file__).resolve().parents[2] / "service" / "static" / "examples"
+    files = _record_files(examples, "mitdb119", "hea", "dat")
+    files.append(("files", ("mitdb119.atr", _LOOPING_ATR, "application/octet-stream")))
+    r = client.post(ARR_FILE, files=files)
+    assert r.status_code == 422 and "past the record's 3600 samples" in r.json()["detail"]
+    good = client.post(ARR_FILE, files=_record_files(examples, "mitdb119", "hea", "dat", "atr"))
+    assert good.status_code == 200 and good.json()["record"]["annotated_beats"] == 11
+    assert [b["sample"] for b in good.json()["beats"]] == [
+        int(s) for s in wfdb.rdann(str(examples / "mitdb119"), "atr").sample
+    ]
