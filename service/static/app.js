@@ -330,7 +330,7 @@ function renderDisease(hd, record) {
     const row = document.createElement("div");
     row.className = "row" + (name === "disease" ? " total" : "");
     row.dataset.cls = name;
-    const title = name === "disease" ? "disease 1−P(NORM)" : name;
+    const title = name === "disease" ? "disease: 1 − P(NORM)" : name;
     row.innerHTML = `<span>${title}</span><div class="track"><div class="fill${p >= 0.5 &&
       name !== "NORM" ? " hot" : ""}" style="width:${(100 * p).toFixed(1)}%"></div></div>` +
       `<span>${(100 * p).toFixed(1)}%</span>`;

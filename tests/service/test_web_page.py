@@ -93,7 +93,7 @@ def _wait_done(driver: Any) -> None:
 
 def _screenshot(driver: Any, path: Path) -> None:
     height = driver.execute_script("return document.body.scrollHeight")
-    driver.set_window_size(1280, max(900, int(height) + 40))
+    driver.set_window_size(1280, max(1300, int(height) + 160))
     assert driver.save_screenshot(str(path)) and path.stat().st_size > 10_000
     logger.warning("web page screenshot: %s", path)
 
@@ -174,3 +174,22 @@ def test_a_bad_file_shows_the_services_message(browser: Any, live_url: str, tmp_
         lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "error"
     )
     assert "415: unknown format" in browser.find_element(By.ID, "status").text
+
+
+@pytest.mark.parametrize("files", ["mitdb119.hea,mitdb119.dat,mitdb119.atr", "mitdb208.edf"])
+def test_the_mitdb_examples(browser: Any, live_url: str, files: str) -> None:
+    """The bundled WFDB and EDF examples: every beat drawn and counted as the API answers."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(live_url + "/")
+    browser.find_element(By.CSS_SELECTOR, f"button.example[data-files='{files}']").click()
+    _wait_done(browser)
+    folder = Path(__file__).resolve().parents[2] / "service" / "static" / "examples"
+    upload = [("files", (n, (folder / n).read_bytes())) for n in files.split(",")]
+    api = httpx.post(f"{live_url}/predict/arrhythmia/file", files=upload, timeout=TIMEOUT_S)
+    assert api.status_code == 200, api.text
+    beats = api.json()["beats"]
+    assert browser.find_element(By.ID, "beat-count").text == str(len(beats)) != "0"
+    bands = browser.find_elements(By.CSS_SELECTOR, "svg#ecg rect.beat-band")
+    assert [b.get_attribute("data-cls") for b in bands] == [b["label"] for b in beats]
+    assert browser.find_element(By.ID, "disease").get_attribute("hidden") is not None
