@@ -73,6 +73,7 @@ _EQUIVALENT_LEADS: Final[dict[str, tuple[str, ...]]] = {"MLII": ("II", "ML2")}
 FileFormat = Literal["auto", "wfdb", "edf", "csv"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The multipart body cannot be parsed."},
     401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key (when one is set)."},
     413: {"model": ErrorResponse, "description": "Request body larger than the configured limit."},
     415: {"model": ErrorResponse, "description": "Unknown file format or wrong content type."},
