@@ -226,10 +226,9 @@ def _fold_table(name: str) -> dict[str, Any] | None:
     for key in keys:
         v = np.array([r[key] for r in rows], dtype=np.float64)
         summary[key] = (float(np.nanmean(v)), float(np.nanstd(v)))
-    summary["select"] = (
-        (summary["10_macro_f1"][0] + summary["300_macro_f1"][0]) / 2,
-        float(np.std([(r["10_macro_f1"] + r["300_macro_f1"]) / 2 for r in rows])),
-    )
+    per_fold = [(r["10_macro_f1"] + r["300_macro_f1"]) / 2 for r in rows]
+    summary["select"] = (float(np.mean(per_fold)), float(np.std(per_fold)))
+    summary["select_per_fold"] = per_fold
     return summary
 
 
@@ -243,17 +242,29 @@ def cmd_summary() -> str | None:
     show = ["select", "10_macro_f1", "300_macro_f1"] + [
         f"{seg}_{c}_{m}" for seg in EVAL_SEGMENTATIONS for c in CLASSES for m in ("se", "ppv")
     ]
-    for name, s in sorted(table.items(), key=lambda kv: -kv[1]["select"][0]):
+    for name, s in sorted(table.items(), key=lambda kv: -float(kv[1]["select"][0])):
         logger.info(
             "%-18s %s | %.0f s/training",
             name,
             "  ".join(f"{k} {s[k][0]:.3f}+-{s[k][1]:.3f}" for k in show),
             s["train_seconds"][0],
         )
-    (RESULTS / "beat_summary.json").write_text(json.dumps(table, indent=1))
     if not table:
         return None
-    return max(table, key=lambda n: table[n]["select"][0])
+    best = max(table, key=lambda n: table[n]["select"][0])
+    for name, s in table.items():
+        diff = np.array(s["select_per_fold"]) - np.array(table[best]["select_per_fold"])
+        s["paired_diff_vs_best"] = (float(diff.mean()), float(diff.std()), diff.tolist())
+        logger.info(
+            "%-18s minus %s, per fold: %s (mean %+.3f +- %.3f)",
+            name,
+            best,
+            np.round(diff, 3).tolist(),
+            diff.mean(),
+            diff.std(),
+        )
+    (RESULTS / "beat_summary.json").write_text(json.dumps(table, indent=1))
+    return best
 
 
 # ----------------------------------------------------------------------------- final stage
