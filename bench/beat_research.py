@@ -19,7 +19,7 @@ Stages (each a subcommand; results under ``bench/results/`` which git ignores):
     alone, and DS2 read once, at annotated and at detected R peaks (``detect_rpeaks`` on each raw
     strip, matched to the reference within 150 ms), per-class Se / PPV with 95% bootstrap
     intervals over DS2 records. The weights, config and temperature go to
-    ``bench/results/beat_model/``.
+    ``bench/results/beat_model/<train set>/``, the figures to ``bench/results/beat_final_*.json``.
 
 Usage::
 
@@ -478,7 +478,8 @@ def cmd_final(raw_root: Path, winner: str | None, train_sets: list[str]) -> None
                         {k: [round(x, 3) for x in v] for k, v in res[key].items()},
                     )
             report[label] = res
-            (RESULTS / "beat_final.json").write_text(json.dumps(report, indent=1))
+            out_json = RESULTS / f"beat_final_{label.replace('+', '_')}.json"
+            out_json.write_text(json.dumps(report, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
