@@ -99,9 +99,7 @@ class BeatSequences:
 
     def subset(self, mask: np.ndarray) -> BeatSequences:
         """Beats where ``mask`` is True (select whole records or strips to keep order intact)."""
-        return BeatSequences(
-            *(getattr(self, f)[mask] for f in self.__dataclass_fields__)
-        )
+        return BeatSequences(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
 
     def save(self, path: Path) -> None:
         """Write to one ``.npz``."""
