@@ -62,8 +62,8 @@ def bootstrap_ci(
     estimate = float(stat(np.arange(inverse.shape[0])))
     values = []
     for _ in range(n_boot):
-        pick: list[int] = rng.integers(0, uniq.shape[0], size=uniq.shape[0]).tolist()
-        v = stat(np.concatenate([members[g] for g in pick]))
+        pick = np.asarray(rng.integers(0, len(members), size=(len(members),)))
+        v = stat(np.concatenate([members[int(g)] for g in pick]))
         if np.isfinite(v):
             values.append(v)
     if not values:
