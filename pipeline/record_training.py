@@ -28,19 +28,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.labels import PTBXL_SUPERCLASSES
 from models.record_model import (
+    LEAD_SUBSETS,
     PTBXL_LEADS,
     encode_demographics,
     lead_mask,
     sample_lead_masks,
 )
+from models.record_predictor import SubsetCalibration, calibration_key
 from pipeline.errors import UserError
 
 __all__ = [
     "FitResult",
     "RecordData",
     "RecordTrainConfig",
+    "calibrate",
     "fit",
+    "heart_disease_labels",
     "load_record_data",
     "macro_auc",
     "pos_weights",
@@ -390,3 +395,33 @@ def fit(
     model.load_state_dict(best_state)
     result.best_epoch, result.best_val_macro_auc = best_epoch, float(best)
     return result
+
+
+# --------------------------------------------------------------------------- calibration
+def heart_disease_labels(y: np.ndarray) -> np.ndarray:
+    """Heart disease = any non-NORM superclass: bool ``(n,)`` from multi-hot ``y (n, 5)``."""
+    norm = PTBXL_SUPERCLASSES.index("NORM")
+    others = [k for k in range(y.shape[1]) if k != norm]
+    return np.asarray(y[:, others].max(axis=1) > 0)
+
+
+def calibrate(model: nn.Module, val: RecordData) -> dict[str, SubsetCalibration]:
+    """Temperature and heart-disease threshold per lead subset, fitted on validation records.
+
+    For every :data:`models.record_model.LEAD_SUBSETS` entry, and with / without demographics
+    when the model reads them: one temperature minimising the validation BCE, then the threshold
+    on the calibrated ``1 - P(NORM)`` that maximises Youden's J. Keys: :func:`calibration_key`.
+    """
+    from pipeline.record_metrics import fit_temperature, sigmoid, youden_threshold
+
+    norm = PTBXL_SUPERCLASSES.index("NORM")
+    uses_demo = bool(getattr(getattr(model, "config", None), "demographics", False))
+    disease = heart_disease_labels(val.y)
+    out = {}
+    for name, leads in LEAD_SUBSETS.items():
+        for demo in (True, False) if uses_demo else (False,):
+            z = predict_logits(model, val, leads, demographics=demo)
+            t = fit_temperature(z, val.y)
+            thr = youden_threshold(disease, 1.0 - sigmoid(z[:, norm] / t))
+            out[calibration_key(name, demo)] = SubsetCalibration(t, thr)
+    return out
