@@ -21,6 +21,7 @@ Usage (one torch thread; ``data/processed/ptb-xl`` from ``ecg prepare ptb-xl``):
 
     python -m bench.ptbxl_research select --data-dir data baseline-gru crnn-gru crnn-lstm
     python -m bench.ptbxl_research final --data-dir data crnn-gru-mask-demo
+    python -m bench.ptbxl_research report      # markdown tables of both
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.labels import PTBXL_SUPERCLASSES
 from models.record_model import LEAD_SUBSETS, RecordModel, RecordModelConfig
 from models.recurrent import RecurrentClassifier, RecurrentClassifierConfig
 from pipeline.record_training import (
@@ -204,16 +206,70 @@ def select(names: list[str], data_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# --------------------------------------------------------------------------- report
+def report() -> str:
+    """Markdown tables of the candidates (fold 9) and, if run, the final model (fold 10)."""
+    rows = {}
+    path = RESULTS / "ptbxl_research.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        r = json.loads(line)
+        rows[r["candidate"]] = r  # the latest run of each candidate
+    out = [
+        "| candidate | fold-9 macro-AUC 12 leads | limb-6 | lead I | best / run epochs "
+        "| s / epoch | training | params |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        out.append(
+            f"| {name} | {r['best_val_macro_auc']:.4f} | {r['val_macro_auc_limb-6']:.4f} "
+            f"| {r['val_macro_auc_lead-I']:.4f} | {r['best_epoch']} / {r['epochs_run']} "
+            f"| {r['mean_epoch_time_s']:.0f} | {r['training_time_s'] / 60:.1f} min "
+            f"| {r['n_parameters']:,} |"
+        )
+    final_path = RESULTS / "ptbxl_final" / "report.json"
+    if final_path.is_file():
+        fin = json.loads(final_path.read_text())
+        out += ["", f"Final: {fin['candidate']} (fold 10, {fin['n_test']} records, "
+                f"{fin['n_test_patients']} patients; 95% patient-bootstrap intervals)", "",
+                "| leads / age-sex | macro-AUC | " + " | ".join(PTBXL_SUPERCLASSES)
+                + " | heart disease AUC | acc | prec | recall | spec | threshold (fold 9) "
+                "| T | ECE raw -> scaled |",
+                "|---" * (10 + len(PTBXL_SUPERCLASSES)) + "|"]  # fmt: skip
+        for key, e in fin["test"].items():
+            m, hd, d = e["macro_auc"], e["heart_disease_auc"], e["decision"]
+            per = " | ".join(
+                f"{v['auc']:.3f}" + (f" [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" if "ci_low" in v
+                                     else "")
+                for v in e["per_class_auc"].values()
+            )  # fmt: skip
+            out.append(
+                f"| {key} | {m['auc']:.4f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] | {per} "
+                f"| {hd['auc']:.3f} [{hd['ci_low']:.3f}, {hd['ci_high']:.3f}] "
+                f"| {d['accuracy']:.3f} | {d['precision']:.3f} | {d['recall']:.3f} "
+                f"| {d['specificity']:.3f} | {d['threshold']:.3f} | {e['temperature']:.2f} "
+                f"| {e['ece_classes']['uncalibrated']:.3f} -> "
+                f"{e['ece_classes']['calibrated']:.3f} |"
+            )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["select", "final"])
-    parser.add_argument("candidates", nargs="+", choices=sorted(CANDIDATES))
+    parser.add_argument("step", choices=["select", "final", "report"])
+    parser.add_argument("candidates", nargs="*", help=f"some of {sorted(CANDIDATES)}")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.candidates) - set(CANDIDATES))
+    if unknown:
+        parser.error(f"unknown candidates {unknown}; choose among {sorted(CANDIDATES)}")
+    if args.step != "report" and not args.candidates:
+        parser.error(f"{args.step} needs candidates")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    if args.step == "select":
+    if args.step == "report":
+        print(report())
+    elif args.step == "select":
         select(args.candidates, args.data_dir)
     else:
         if len(args.candidates) != 1:
