@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("candidates", nargs="*", help=f"some of {sorted(CANDIDATES)}")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     unknown = sorted(set(args.candidates) - set(CANDIDATES))
     if unknown:
         parser.error(f"unknown candidates {unknown}; choose among {sorted(CANDIDATES)}")
