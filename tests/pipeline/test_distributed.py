@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.datasets import prepare_dataset
+from pipeline.datasets import load_dataset, prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,6 +57,7 @@ def test_torchrun_two_cpu_processes_log_one_loadable_model(
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("ddp-test")
+    assert exp is not None
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1, "rank 0 alone logs the run"
     run = runs[0]
@@ -72,6 +73,11 @@ def test_torchrun_two_cpu_processes_log_one_loadable_model(
     predictor = load_record_predictor(f"models:/{models[0].model_id}", tracking_uri=uri)
     assert set(predictor.card.calibration) >= {"12-lead", "limb-6/no-demographics", "lead-I"}
     rec = read_record(str(ptbxl_dir / "records100" / "00000" / "00001_lr"))
+    # Train/serve parity: the predictor's input is the prepared dataset's record.
+    ds = load_dataset(tiny_ptbxl / "processed" / "ptb-xl")
+    x, _, _ = predictor.record_inputs(rec.signal, rec.fs, rec.leads)
+    np.testing.assert_allclose(x, ds.arrays["signals"][list(ds.arrays["record"]).index("1")],
+                               atol=1e-5)  # fmt: skip
     full = predictor.predict(rec.signal, rec.fs, rec.leads, age=56, sex=1)
     assert set(full.probabilities) == {"NORM", "MI", "STTC", "CD", "HYP"}
     assert all(0.0 <= p <= 1.0 for p in full.probabilities.values())
