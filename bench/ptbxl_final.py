@@ -115,7 +115,7 @@ def final(name: str, data_dir: Path, *, n_boot: int = 1000) -> dict[str, Any]:
     import mlflow
 
     from bench.ptbxl_research import CANDIDATES, EXPERIMENT, RESULTS, TABLE, TRACKING_URI
-    from pipeline.datasets import PTBXL_PREPROCESS
+    from models.tasks import dataset_spec
 
     saved = torch.load(RESULTS / "ptbxl_candidates" / f"{name}.pt", weights_only=True)
     cand = CANDIDATES[name]
@@ -161,7 +161,7 @@ def final(name: str, data_dir: Path, *, n_boot: int = 1000) -> dict[str, Any]:
             card = RecordModelCard(
                 classes=tuple(PTBXL_SUPERCLASSES),
                 leads=PTBXL_LEADS,
-                preprocess=PTBXL_PREPROCESS,
+                preprocess=dataset_spec("ptb-xl").preprocess,
                 architecture=model.config,
                 input_shape=(int(data["val"].x.shape[1]), len(PTBXL_LEADS)),
                 calibration=calibration,

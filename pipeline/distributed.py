@@ -271,7 +271,7 @@ def _train(
 
 
 def _preprocess(data_dir: Path) -> Any:
-    from pipeline.datasets import load_dataset
+    from pipeline.dataset_store import load_dataset
 
     return load_dataset(data_dir / "processed" / "ptb-xl").preprocess
 

@@ -167,7 +167,7 @@ def load_record_data(
     """
     import pandas as pd
 
-    from pipeline.datasets import load_dataset
+    from pipeline.dataset_store import load_dataset
 
     ds = load_dataset(Path(dataset_dir))
     if ds.name != "ptb-xl":
