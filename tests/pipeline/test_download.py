@@ -497,8 +497,12 @@ def test_host_lost_mid_run_stops_the_remaining_transfers(tiny_mirror: Path, tmp_
         pytest.raises(UserError, match=r"^cannot reach 127\.0\.0\.1:\d+ \(Connection refused\)"),
     ):
         download_database("mitdb", dest_root=tmp_path / "raw", base_url=url, workers=1, **FAST)
-    assert [p for p, _ in log] == ["/mitdb/1.0.0/SHA256SUMS.txt", "/mitdb/1.0.0/RECORDS"]
-    assert _files(dest) == {CHECKSUMS_FILE, "RECORDS"}
+    # A connection the client opened just before the socket closed may still be answered (the
+    # metadata file ANNOTATORS, requested right after RECORDS); no record file ever is.
+    paths = [p for p, _ in log]
+    assert paths[:2] == ["/mitdb/1.0.0/SHA256SUMS.txt", "/mitdb/1.0.0/RECORDS"]
+    assert paths[2:] in ([], ["/mitdb/1.0.0/ANNOTATORS"])
+    assert _files(dest) - {"ANNOTATORS"} == {CHECKSUMS_FILE, "RECORDS"}
 
 
 def test_http_500_is_one_clear_error_after_retries(tiny_mirror: Path, tmp_path: Path) -> None:
