@@ -48,6 +48,7 @@ __all__ = [
     "load_predictor",
     "log_ecg_model",
     "model_from_data_dir",
+    "models_uri_location",
     "predictor_from_model_dir",
 ]
 
@@ -421,7 +422,7 @@ def load_predictor(
 
     if tracking_uri is not None and model_uri.startswith("models:/"):
         # MLflow resolves models:/ URIs against the global registry URI only; resolve it here.
-        model_uri = _models_uri_location(model_uri, tracking_uri)
+        model_uri = models_uri_location(model_uri, tracking_uri)
 
     def fetch(dst: str) -> Predictor:
         local = mlflow.artifacts.download_artifacts(
@@ -440,7 +441,7 @@ def load_predictor(
         return fetch(tmp)
 
 
-def _models_uri_location(model_uri: str, tracking_uri: str) -> str:
+def models_uri_location(model_uri: str, tracking_uri: str) -> str:
     """Storage location of ``models:/<name>/<version>``, ``@<alias>`` or ``models:/<model_id>``."""
     from mlflow import MlflowClient
     from mlflow.store.artifact.utils.models import get_model_name_and_version

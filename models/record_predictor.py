@@ -1,16 +1,20 @@
 """The record model once it leaves training: its card, MLflow logging and prediction.
 
-A :class:`models.record_model.RecordModel` travels as an MLflow ``pytorch`` model whose
-``metadata`` holds a :class:`RecordModelCard`: classes, lead order, preprocessing, architecture
-and, per lead subset, the temperature and heart-disease threshold fitted on the validation split
-(PTB-XL fold 9). :class:`RecordPredictor` turns a raw record with any subset of the 12 leads (and
-optionally the patient's age and sex) into calibrated superclass probabilities, the heart-disease
-probability ``1 - P(NORM)`` and the yes/no decision at the subset's operating point.
+A :class:`models.record_model.RecordModel` travels as data, never as pickled code: an MLflow
+``pyfunc`` model whose ``data/ecg/`` holds its weights (safetensors, :mod:`models.weights`) and
+its :class:`RecordModelCard` as ``card.json`` (also the MLmodel file's ``metadata``); loading
+rebuilds the module from the card's architecture. The card holds classes, lead order,
+preprocessing, architecture and, per lead subset, the temperature and heart-disease threshold
+fitted on the validation split (PTB-XL fold 9). :class:`RecordPredictor` turns a raw record with
+any subset of the 12 leads (and optionally the patient's age and sex) into calibrated superclass
+probabilities, the heart-disease probability ``1 - P(NORM)`` and the yes/no decision at the
+subset's operating point.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -21,6 +25,12 @@ from typing import Any, Final
 import numpy as np
 import torch
 
+from models.predictor import (
+    CARD_FILE,
+    HeartDiseasePredictor,
+    models_uri_location,
+    predictor_from_model_dir,
+)
 from models.preprocessing import PreprocessConfig, preprocess_signal
 from models.record_model import (
     LEAD_SUBSETS,
@@ -29,16 +39,22 @@ from models.record_model import (
     encode_demographics,
     lead_mask,
 )
+from models.weights import WEIGHTS_FILE, load_weights, save_weights
 
 __all__ = [
     "MODEL_KIND",
+    "PYFUNC_LOADER_MODULE",
     "RecordModelCard",
     "RecordPrediction",
     "RecordPredictor",
+    "RecordPyfuncModel",
     "SubsetCalibration",
     "calibration_key",
+    "is_record_model_dir",
+    "load_heart_disease_predictor",
     "load_record_predictor",
     "log_record_model",
+    "record_model_from_data_dir",
     "record_predictor_from_model_dir",
 ]
 
@@ -46,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 #: ``metadata["kind"]`` of a logged record model (the older heart-disease models have none).
 MODEL_KIND: Final = "record-model"
+#: The loader module ``mlflow models serve`` imports for a record model (this one).
+PYFUNC_LOADER_MODULE: Final = "models.record_predictor"
 
 
 @dataclass(frozen=True)
@@ -279,10 +297,13 @@ def log_record_model(
     name: str = "model",
     registered_model_name: str | None = None,
 ) -> Any:
-    """Log ``model`` with ``mlflow.pytorch`` into the active run, its card as ``metadata``.
+    """Log ``model``'s weights and ``card`` into the active run: data only, never a pickle.
 
-    The module takes three inputs (signal, lead mask, demographics), so no signature is logged;
-    load it with :func:`load_record_predictor`.
+    The artifact holds ``data/ecg/weights.safetensors`` (:mod:`models.weights`),
+    ``data/ecg/card.json`` and the MLmodel file, whose ``python_function`` flavour names this
+    module (:data:`PYFUNC_LOADER_MODULE`, installed, imported by name) as its loader. The module
+    takes three inputs (signal, lead mask, demographics), so no signature is logged; load it with
+    :func:`load_record_predictor`.
 
     Returns
     -------
@@ -292,27 +313,77 @@ def log_record_model(
 
     if model.config != card.architecture:
         raise ValueError("the card's architecture differs from the model's config")
-    models_pkg = Path(__file__).resolve().parent
-    return mlflow.pytorch.log_model(
-        model,
-        name=name,
-        metadata=card.to_metadata(),
-        registered_model_name=registered_model_name,
-        code_paths=[str(models_pkg)],
-        serialization_format="pickle",
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "scipy"],
-    )
+    with tempfile.TemporaryDirectory(prefix="ecg-record-model-") as tmp:
+        data = Path(tmp) / "ecg"  # MLflow stores it as data/ecg/ (the MLmodel file says so)
+        data.mkdir()
+        save_weights(model, data / WEIGHTS_FILE)
+        (data / CARD_FILE).write_text(json.dumps(card.to_metadata(), indent=2))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            loader_module=PYFUNC_LOADER_MODULE,
+            data_path=str(data),
+            metadata=card.to_metadata(),
+            registered_model_name=registered_model_name,
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                "numpy",
+                "scipy",
+                "safetensors",
+            ],
+        )
+
+
+def record_model_from_data_dir(data_dir: str | Path) -> tuple[RecordModel, RecordModelCard]:
+    """Rebuild a logged record model from ``card.json`` + safetensors weights (nothing unpickled).
+
+    Raises
+    ------
+    ValueError
+        When the card is missing or not a record-model card, or the weights are not safetensors or
+        do not fit its architecture (:class:`models.weights.WeightsError`).
+    """
+    card_path = Path(data_dir) / CARD_FILE
+    try:
+        meta = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{card_path}: no readable model card ({err})") from err
+    card = RecordModelCard.from_metadata(meta)
+    module = load_weights(RecordModel(card.architecture), Path(data_dir) / WEIGHTS_FILE)
+    assert isinstance(module, RecordModel)
+    return module, card
+
+
+def is_record_model_dir(path: str | Path) -> bool:
+    """Whether the MLflow model directory at ``path`` names this module as its pyfunc loader."""
+    from mlflow.models import Model
+
+    pyfunc = Model.load(str(path)).flavors.get("python_function", {})
+    return bool(pyfunc.get("loader_module") == PYFUNC_LOADER_MODULE)
 
 
 def record_predictor_from_model_dir(path: str | Path) -> RecordPredictor:
-    """The predictor of a local MLflow model directory (one holding an ``MLmodel`` file)."""
-    import mlflow.pytorch
+    """The predictor of a local MLflow model directory (one holding an ``MLmodel`` file).
+
+    Raises
+    ------
+    ValueError
+        When the directory is not a record model logged by :func:`log_record_model` (a pickled
+        ``pytorch`` model, or an MLmodel rewritten to name another loader, is refused), or its
+        files are bad.
+    """
     from mlflow.models import Model
 
-    card = RecordModelCard.from_metadata(Model.load(str(path)).metadata or {})
-    module = mlflow.pytorch.load_model(str(path), map_location="cpu")
-    if not isinstance(module, RecordModel) or module.config != card.architecture:
-        raise ValueError(f"model at {path} is not the record model its card describes")
+    pyfunc = Model.load(str(path)).flavors.get("python_function", {})
+    if pyfunc.get("loader_module") != PYFUNC_LOADER_MODULE or not pyfunc.get("data"):
+        raise ValueError(
+            f"model at {path} is not a record weights model (its python_function loader is "
+            f"{pyfunc.get('loader_module')!r}, expected {PYFUNC_LOADER_MODULE!r}); models logged "
+            "as pickles are not loaded: retrain or re-log it with log_record_model"
+        )
+    data_dir = (Path(path) / str(pyfunc["data"])).resolve()
+    if not data_dir.is_relative_to(Path(path).resolve()):
+        raise ValueError(f"model at {path}: its data directory points outside the model")
+    module, card = record_model_from_data_dir(data_dir)
     return RecordPredictor(module, card)
 
 
@@ -320,13 +391,88 @@ def load_record_predictor(model_uri: str, *, tracking_uri: str | None = None) ->
     """Download ``model_uri`` (``runs:/...``, ``models:/<id>``, ``models:/<name>@<alias>``)."""
     import mlflow.artifacts
 
-    from models.predictor import _models_uri_location
-
     if tracking_uri is not None and model_uri.startswith("models:/"):
         # MLflow resolves models:/ URIs against the global registry URI only; resolve it here.
-        model_uri = _models_uri_location(model_uri, tracking_uri)
+        model_uri = models_uri_location(model_uri, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="ecg-record-model-") as tmp:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri
         )
         return record_predictor_from_model_dir(local)
+
+
+class RecordPyfuncModel:
+    """Logits of a record model for 12-lead model inputs (``mlflow models serve``'s ``predict``).
+
+    Inputs are float32 ``(batch, *card.input_shape)`` preprocessed records with every lead
+    present and no demographics; the full answer (any lead set, age, sex, calibration) is
+    :class:`RecordPredictor`'s.
+    """
+
+    def __init__(self, module: RecordModel, card: RecordModelCard) -> None:
+        self.module = module.eval()
+        self.card = card
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Logits ``(batch, n_classes)`` of float32 inputs ``(batch, *card.input_shape)``."""
+        x = np.asarray(
+            model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input,
+            dtype=np.float32,
+        )
+        if x.ndim == 2:
+            x = x[None]
+        if x.shape[1:] != self.card.input_shape:
+            raise ValueError(
+                f"model input must be (batch, *{self.card.input_shape}), got {x.shape}"
+            )
+        n = x.shape[0]
+        mask = np.ones((n, len(self.card.leads)), dtype=np.float32)
+        demo = encode_demographics([None] * n, [None] * n)
+        with torch.inference_mode():
+            return self.module(
+                torch.from_numpy(np.ascontiguousarray(x)),
+                torch.from_numpy(mask),
+                torch.from_numpy(demo),
+            ).numpy()
+
+
+def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> RecordPyfuncModel:
+    """MLflow's entry point: the pyfunc model of a logged record model's data directory."""
+    module, card = record_model_from_data_dir(data_path)
+    return RecordPyfuncModel(module, card)
+
+
+def load_heart_disease_predictor(
+    model_uri: str, *, tracking_uri: str | None = None
+) -> HeartDiseasePredictor | RecordPredictor:
+    """The predictor of whichever heart-disease model ``model_uri`` holds.
+
+    Downloads it once and dispatches on the loader its MLmodel file names: a record model
+    (:func:`log_record_model`) gives a :class:`RecordPredictor`, an ECG weights model
+    (:func:`models.predictor.log_ecg_model`) a
+    :class:`models.predictor.HeartDiseasePredictor`. Neither path unpickles anything.
+
+    Raises
+    ------
+    ValueError
+        Neither kind (a pickled model, for instance), or an arrhythmia model.
+    """
+    import mlflow.artifacts
+
+    from models.predictor import (
+        HeartDiseasePredictor,
+        models_uri_location,
+    )
+
+    if tracking_uri is not None and model_uri.startswith("models:/"):
+        model_uri = models_uri_location(model_uri, tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="ecg-model-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri
+        )
+        if is_record_model_dir(local):
+            return record_predictor_from_model_dir(local)
+        predictor = predictor_from_model_dir(local)
+    if not isinstance(predictor, HeartDiseasePredictor):
+        raise ValueError(f"{model_uri} is a {predictor.card.task!r} model, not a heart-disease one")
+    return predictor

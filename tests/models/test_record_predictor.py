@@ -11,7 +11,7 @@ import torch
 from models.labels import PTBXL_SUPERCLASSES
 from models.record_model import PTBXL_LEADS, RecordModel, RecordModelConfig
 from models.record_predictor import RecordModelCard, RecordPredictor, SubsetCalibration
-from pipeline.datasets import PTBXL_PREPROCESS
+from models.tasks import dataset_spec
 from pipeline.records import read_record
 
 
@@ -22,7 +22,7 @@ def predictor() -> RecordPredictor:
     card = RecordModelCard(
         classes=tuple(PTBXL_SUPERCLASSES),
         leads=PTBXL_LEADS,
-        preprocess=PTBXL_PREPROCESS,
+        preprocess=dataset_spec("ptb-xl").preprocess,
         architecture=arch,
         input_shape=(1000, 12),
         calibration={

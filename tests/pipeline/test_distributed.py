@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.datasets import load_dataset, prepare_dataset
+from pipeline.dataset_store import load_dataset
+from pipeline.datasets import prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
