@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run   - venv + install, then download -> prepare -> train GRU and LSTM -> register -> serve
+#   make run   - venv + install, then download -> prepare -> train -> register -> serve
 #   make test  - venv + install, then the whole test suite (the command CI runs)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,6 +10,8 @@ PHYSIONET_URL ?= $(if $(wildcard ../shared/physionet/README.md),file://$(abspath
 export ECG_PHYSIONET_URL ?= $(PHYSIONET_URL)
 # Extra `ecg train` options; one torch thread is fastest on a small shared CPU (measured).
 TRAIN_ARGS ?= --num-threads 1
+# Extra `ecg train-record` options (e.g. --epochs 5 for a quicker first run).
+RECORD_ARGS ?= --num-threads 1
 # PyTorch's CPU wheel index, for machines without a local torch 2.13.0 CPU wheel.
 TORCH_INDEX ?=
 HOST ?= 127.0.0.1
@@ -38,8 +40,9 @@ data: install
 train: data
 	$(BIN)/ecg train --dataset mitdb --cell gru --register $(TRAIN_ARGS)
 	$(BIN)/ecg train --dataset mitdb --cell lstm --register $(TRAIN_ARGS)
-	$(BIN)/ecg train --dataset ptb-xl --cell gru --register $(TRAIN_ARGS)
-	$(BIN)/ecg train --dataset ptb-xl --cell lstm --register $(TRAIN_ARGS)
+	# Heart disease: the CRNN record model (any lead subset, optional age/sex), the recipe behind
+	# bench/ptbxl_research.md (20 epochs, ~5 min on a quiet 2-core machine); fold 10 read once.
+	$(BIN)/ecg train-record --register $(RECORD_ARGS)
 
 run: train serve
 

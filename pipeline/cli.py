@@ -235,6 +235,98 @@ train.__annotations__ = {p.name: p.annotation for p in _train_params}
 app.command()(train)
 
 
+# --------------------------------------------------------------------------- record model
+def _ptbxl_table(data_dir: Path) -> Path:
+    """``ptbxl_database.csv`` of the newest downloaded PTB-XL version under ``data_dir/raw``."""
+    found = sorted((data_dir / "raw" / "ptb-xl").glob("*/ptbxl_database.csv"))
+    if not found:
+        raise UserError(
+            f"no ptbxl_database.csv under {data_dir / 'raw' / 'ptb-xl'}: run `ecg download ptb-xl`"
+        )
+    return found[-1]
+
+
+@app.command("train-record")
+def train_record(
+    cell: Annotated[str, typer.Option(help="Recurrent cell after the CNN: gru or lstm.")] = "gru",
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stop on fold 9).")] = 20,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement.")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: Annotated[float, typer.Option(min=0.0)] = 2e-3,
+    demographics: Annotated[
+        bool, typer.Option(help="Read age and sex (optional at prediction time).")
+    ] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+    register: Annotated[
+        bool,
+        typer.Option(help="Register as ecg-heart-disease; @champion if better on fold 9."),
+    ] = True,
+    evaluate_test: Annotated[
+        bool, typer.Option(help="Read fold 10 once after training and log its figures.")
+    ] = True,
+    num_threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Holds processed/ and raw/ptb-xl (default: ECG_DATA_DIR)."),
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "ecg-heart-disease",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: env, else sqlite:///mlflow.db)."),
+    ] = None,
+) -> None:
+    """Train the CRNN record model (any lead subset, optional age/sex) on prepared PTB-XL.
+
+    Trains on folds 1-8 with early stopping on fold 9's macro-AUC, calibrates each lead subset on
+    fold 9, reads fold 10 once, logs one MLflow run and registers the model. One process; for
+    several, ``torchrun --nproc-per-node N -m pipeline.distributed`` (same steps).
+    """
+    from dataclasses import replace
+
+    from models.record_model import RecordModelConfig
+    from models.tasks import TASK_HEART_DISEASE, TASKS
+    from pipeline.distributed import train_distributed
+    from pipeline.record_training import RecordTrainConfig
+
+    root = data_dir or get_settings().data_dir
+    try:
+        if cell not in ("gru", "lstm"):
+            raise UserError(f"--cell must be gru or lstm, got {cell!r}")
+        arch = RecordModelConfig(cell=cell, demographics=demographics)  # type: ignore[arg-type]
+        cfg = replace(
+            RecordTrainConfig(),
+            epochs=epochs,
+            patience=patience,
+            batch_size=batch_size,
+            lr=lr,
+            demographics_dropout=0.3 if demographics else 0.0,
+            seed=seed,
+        )
+        result = train_distributed(
+            root,
+            _ptbxl_table(root),
+            arch=arch,
+            cfg=cfg,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            register=TASKS[TASK_HEART_DISEASE].model_name if register else None,
+            num_threads=num_threads,
+            evaluate_test=evaluate_test,
+        )
+    except _tracking_errors() as err:
+        raise _fail(err) from None
+    typer.echo(f"run {result.run_id}: best epoch {result.best_epoch}, "
+               f"val_macro_auc {result.best_val_macro_auc:.4f}")  # fmt: skip
+    if result.test_metrics:
+        shown = {k: v for k, v in result.test_metrics.items() if "macro_auc" in k}
+        typer.echo("test: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    if result.registration is not None:
+        reg = result.registration
+        typer.echo(f"registered {reg.model_name} v{reg.version}")
+        if reg.decision is not None:
+            typer.echo(reg.decision.summary())
+
+
 # --------------------------------------------------------------------------- registry
 @app.command()
 def register(

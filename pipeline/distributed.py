@@ -14,7 +14,9 @@ broadcasts the early-stopping decision, keeps the best epoch's weights, calibrat
 ``--register``, registers it (:func:`pipeline.registry.register_run`). Without ``torchrun``
 (no ``WORLD_SIZE`` in the environment) it runs as one process.
 
-The test split (fold 10) is not read here; ``bench/ptbxl_research.py final`` reads it once.
+The test split (fold 10) is read only with ``--evaluate-test`` (``ecg train-record`` sets it),
+once, after the model is chosen and calibrated on fold 9; ``bench/ptbxl_final.py`` adds bootstrap
+intervals.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pipeline.errors import UserError
 from pipeline.record_training import (
     RecordTrainConfig,
     calibrate,
+    final_test_metrics,
     load_record_data,
     macro_auc,
     pos_weights,
@@ -71,6 +74,8 @@ class DistributedResult:
     epoch_seconds : list of float
     world_size : int
     registration : Any
+    test_metrics : dict of str to float, optional
+        Fold-10 figures, when the run read the test split.
     """
 
     run_id: str | None
@@ -80,6 +85,7 @@ class DistributedResult:
     epoch_seconds: list[float]
     world_size: int
     registration: Any = None
+    test_metrics: dict[str, float] | None = None
 
 
 def _setup(device: str) -> tuple[int, int, torch.device]:
@@ -112,6 +118,7 @@ def train_distributed(
     experiment: str = EXPERIMENT,
     register: str | None = None,
     num_threads: int = 1,
+    evaluate_test: bool = False,
 ) -> DistributedResult:
     """Train one record model with DDP across the processes ``torchrun`` started.
 
@@ -132,12 +139,15 @@ def train_distributed(
         Register the logged model under this name (champion alias moved only if better).
     num_threads : int
         torch threads per process.
+    evaluate_test : bool
+        After calibration, rank 0 reads the test split (fold 10) once and logs its figures
+        (:func:`pipeline.record_training.final_test_metrics`); nothing is chosen on them.
     """
     torch.set_num_threads(num_threads)
     rank, world, dev = _setup(device)
     try:
         return _train(data_dir, table_csv, arch, cfg, rank, world, dev, tracking_uri, experiment,
-                      register)  # fmt: skip
+                      register, evaluate_test)  # fmt: skip
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -154,6 +164,7 @@ def _train(
     tracking_uri: str | None,
     experiment: str,
     register: str | None,
+    evaluate_test: bool = False,
 ) -> DistributedResult:
     import contextlib
 
@@ -249,6 +260,8 @@ def _train(
                         "model_n_parameters": model.n_parameters(),
                     }
                 )
+                if evaluate_test:
+                    result.test_metrics = _evaluate_test(model, data_dir, table_csv, card)
                 info = log_record_model(model, card)
                 result.model_uri = str(info.model_uri)
                 result.run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
@@ -268,6 +281,27 @@ def _train(
     if world > 1:
         dist.barrier()
     return result
+
+
+def _evaluate_test(
+    model: RecordModel, data_dir: Path, table_csv: Path, card: RecordModelCard
+) -> dict[str, float]:
+    """Read the test split once, log its figures to the active run and return them."""
+    import mlflow
+
+    test = load_record_data(data_dir / "processed" / "ptb-xl", table_csv, ("test",))["test"]
+    logger.info("test split (fold 10), read once: %d records", len(test))
+    metrics = final_test_metrics(model, test, card.calibration)
+    mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+    mlflow.log_param("n_test", len(test))
+    for key in ("12-lead", "limb-6", "lead-I"):
+        k = key if model.config.demographics else f"{key}_no-demographics"
+        logger.info(
+            "test %s: macro-AUC %.4f, heart-disease AUC %.4f, accuracy %.3f",
+            k, metrics[f"test_macro_auc_{k}"], metrics[f"test_heart_disease_auc_{k}"],
+            metrics[f"test_hd_accuracy_{k}"],
+        )  # fmt: skip
+    return metrics
 
 
 def _preprocess(data_dir: Path) -> Any:
@@ -360,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--experiment", default=EXPERIMENT)
     p.add_argument("--register", default=None, metavar="NAME", help="register the model as NAME")
+    p.add_argument(
+        "--evaluate-test", action="store_true", help="read fold 10 once at the end and log it"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
@@ -381,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         res = train_distributed(
             args.data_dir, table, arch=arch, cfg=cfg, device=args.device,
             tracking_uri=args.tracking_uri, experiment=args.experiment, register=args.register,
-            num_threads=args.threads,
+            num_threads=args.threads, evaluate_test=args.evaluate_test,
         )  # fmt: skip
     except UserError as err:
         logger.error("%s", err)

@@ -44,6 +44,7 @@ __all__ = [
     "RecordData",
     "RecordTrainConfig",
     "calibrate",
+    "final_test_metrics",
     "fit",
     "heart_disease_labels",
     "load_record_data",
@@ -424,4 +425,43 @@ def calibrate(model: nn.Module, val: RecordData) -> dict[str, SubsetCalibration]
             t = fit_temperature(z, val.y)
             thr = youden_threshold(disease, 1.0 - sigmoid(z[:, norm] / t))
             out[calibration_key(name, demo)] = SubsetCalibration(t, thr)
+    return out
+
+
+def final_test_metrics(
+    model: nn.Module, test: RecordData, calibration: dict[str, SubsetCalibration]
+) -> dict[str, float]:
+    """Test-split figures of a calibrated model, per lead subset (flat, for ``mlflow``).
+
+    For every :data:`models.record_model.LEAD_SUBSETS` entry (with demographics when the model
+    reads them, and without, keyed ``<subset>_no-demographics``): ``test_macro_auc_<key>``,
+    ``test_heart_disease_auc_<key>`` (``1 - P(NORM)``), the yes/no decision's
+    ``test_hd_{accuracy,precision,recall,specificity}_<key>`` at the calibration's threshold
+    (chosen on the validation split) and ``test_ece_<key>`` (calibrated probabilities). Read the
+    test split once, at the end of a run; bootstrap intervals are ``bench/ptbxl_final.py``'s.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.record_metrics import decision_metrics, expected_calibration_error, sigmoid
+
+    norm = PTBXL_SUPERCLASSES.index("NORM")
+    uses_demo = bool(getattr(getattr(model, "config", None), "demographics", False))
+    disease = heart_disease_labels(test.y)
+    out: dict[str, float] = {}
+    for name, leads in LEAD_SUBSETS.items():
+        for demo in (True, False) if uses_demo else (False,):
+            key = calibration_key(name, demo)
+            cal = calibration.get(key, SubsetCalibration())
+            z = predict_logits(model, test, leads, demographics=demo)
+            p = sigmoid(z / cal.temperature)
+            hd = 1.0 - p[:, norm]
+            k = key.replace("/", "_")
+            out[f"test_macro_auc_{k}"] = macro_auc(test.y, z)
+            out[f"test_heart_disease_auc_{k}"] = (
+                float(roc_auc_score(disease, hd)) if 0 < disease.sum() < len(disease) else np.nan
+            )
+            decision = decision_metrics(disease, hd, cal.threshold)
+            for m in ("accuracy", "precision", "recall", "specificity"):
+                out[f"test_hd_{m}_{k}"] = float(decision[m])
+            out[f"test_ece_{k}"] = expected_calibration_error(test.y, p)
     return out
