@@ -270,3 +270,65 @@ def _header_fs(stem: Path) -> float:
         return float("nan")
     except _WFDB_ERRORS:
         return float("nan")
+
+
+def write_excerpt(
+    src_dir: Path, record: str, start: int, length: int, out_dir: Path, out_name: str | None = None
+) -> Path:
+    """Copy ``length`` samples of a WFDB record from ``start``, with its beat annotations.
+
+    The digital samples are copied unchanged (same format, gain and baseline), so the excerpt
+    reads back to exactly the original millivolts; annotations inside the excerpt keep their
+    symbols, subtypes, channels, numbers and notes, shifted to the excerpt's first sample.
+    Used to build the test fixtures and the web page's bundled examples.
+
+    Parameters
+    ----------
+    src_dir : Path
+        Directory holding ``<record>.hea/.dat/.atr``.
+    record : str
+    start, length : int
+        First sample and number of samples (at the record's own rate).
+    out_dir : Path
+        Where ``<out_name>.hea/.dat/.atr`` are written.
+    out_name : str, optional
+        Name of the excerpt record; defaults to ``record``.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    import wfdb
+
+    name = out_name or record
+    rec = wfdb.rdrecord(
+        str(src_dir / record), sampfrom=start, sampto=start + length, physical=False
+    )
+    wfdb.wrsamp(
+        name,
+        fs=rec.fs,
+        units=rec.units,
+        sig_name=rec.sig_name,
+        d_signal=rec.d_signal,
+        fmt=rec.fmt,
+        adc_gain=rec.adc_gain,
+        baseline=rec.baseline,
+        comments=rec.comments,
+        write_dir=str(out_dir),
+    )
+    ann = wfdb.rdann(str(src_dir / record), "atr", sampfrom=start, sampto=start + length - 1)
+    keep = (ann.sample >= start) & (ann.sample < start + length)
+    wfdb.wrann(
+        name,
+        "atr",
+        np.asarray(ann.sample[keep] - start, dtype=np.int64),
+        symbol=list(np.asarray(ann.symbol)[keep]),
+        subtype=np.asarray(ann.subtype)[keep],
+        chan=np.asarray(ann.chan)[keep],
+        num=np.asarray(ann.num)[keep],
+        aux_note=list(np.asarray(ann.aux_note, dtype=object)[keep]),
+        fs=rec.fs,
+        write_dir=str(out_dir),
+    )
+    return out_dir

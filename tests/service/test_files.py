@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from bench.tiny_models import TinyRegistry, mitdb_strip, ptbxl_record
 from models.labels import WFDB_BEAT_SYMBOLS
+from pipeline.records import write_excerpt
 from service.main import create_app
 
 ARR_FILE = "/predict/arrhythmia/file"
@@ -42,38 +43,13 @@ def _record_files(directory: Path, record: str, *exts: str) -> list[Any]:
     return _files(*(directory / f"{record}.{ext}" for ext in exts))
 
 
-def _excerpt(src: Path, record: str, out: Path, start: int, length: int) -> Path:
-    """A WFDB excerpt of a real record (digital samples unchanged) with its beat annotations."""
-    rec = wfdb.rdrecord(str(src / record), sampfrom=start, sampto=start + length, physical=False)
-    wfdb.wrsamp(
-        record,
-        fs=rec.fs,
-        units=rec.units,
-        sig_name=rec.sig_name,
-        d_signal=rec.d_signal,
-        fmt=rec.fmt,
-        adc_gain=rec.adc_gain,
-        baseline=rec.baseline,
-        write_dir=str(out),
-    )
-    ann = wfdb.rdann(str(src / record), "atr", sampfrom=start, sampto=start + length - 1)
-    keep = (ann.sample >= start) & (ann.sample < start + length)
-    wfdb.wrann(
-        record,
-        "atr",
-        np.asarray(ann.sample[keep] - start, dtype=np.int64),
-        symbol=list(np.asarray(ann.symbol)[keep]),
-        fs=rec.fs,
-        write_dir=str(out),
-    )
-    return out
-
-
 def _same_beats(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert [x["sample"] for x in a["beats"]] == [x["sample"] for x in b["beats"]]
     assert [x["label"] for x in a["beats"]] == [x["label"] for x in b["beats"]]
+    assert a["quality"] == b["quality"]
     for x, y in zip(a["beats"], b["beats"], strict=True):
-        for c, p in x["probabilities"].items():
+        assert (x["quality"], x["quality_reasons"]) == (y["quality"], y["quality_reasons"])
+        for c, p in (x["probabilities"] or {}).items():
             assert p == pytest.approx(y["probabilities"][c], abs=1e-5)
 
 
@@ -95,7 +71,11 @@ def test_full_mitdb_record_with_annotations_keeps_every_beat(
     }  # fmt: skip
     assert body["lead"] == "MLII" and body["r_peaks_source"] == "given"
     assert [b["sample"] for b in body["beats"]] == expected
-    assert body["summary"]["n_beats"] == len(expected) == sum(body["summary"]["counts"].values())
+    n_unreadable = body["quality"]["n_unreadable_beats"]
+    assert body["summary"]["n_beats"] == len(expected)
+    assert sum(body["summary"]["counts"].values()) + n_unreadable == len(expected)
+    assert body["quality"]["verdict"] != "unreadable" and n_unreadable < 0.01 * len(expected)
+    assert n_unreadable == sum(b["label"] is None for b in body["beats"])
 
 
 def test_wfdb_excerpt_answers_like_the_json_endpoint(client: TestClient, tmp_path: Path) -> None:
@@ -122,7 +102,7 @@ def test_record_without_mlii_falls_back_and_says_so(
     client: TestClient, mitdb_dir: Path, tmp_path: Path
 ) -> None:
     """Record 102 (paced) has V5 and V2 only: the first lead is read, with a warning naming it."""
-    _excerpt(mitdb_dir, "102", tmp_path, 0, 3600)
+    write_excerpt(mitdb_dir, "102", 0, 3600, tmp_path)
     files = _record_files(tmp_path, "102", "hea", "dat", "atr")
     r = client.post(ARR_FILE, files=files)
     assert r.status_code == 200, r.text

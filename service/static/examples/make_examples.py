@@ -23,34 +23,10 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
+from pipeline.records import write_excerpt
+
 HERE = Path(__file__).resolve().parent
 START, LENGTH = 68_400, 3_600
-
-
-def _mitdb_wfdb(src: Path, name: str, out_name: str) -> None:
-    rec = wfdb.rdrecord(str(src / name), sampfrom=START, sampto=START + LENGTH, physical=False)
-    wfdb.wrsamp(
-        out_name,
-        fs=rec.fs,
-        units=rec.units,
-        sig_name=rec.sig_name,
-        d_signal=rec.d_signal,
-        fmt=rec.fmt,
-        adc_gain=rec.adc_gain,
-        baseline=rec.baseline,
-        comments=rec.comments,
-        write_dir=str(HERE),
-    )
-    ann = wfdb.rdann(str(src / name), "atr", sampfrom=START, sampto=START + LENGTH - 1)
-    keep = (ann.sample >= START) & (ann.sample < START + LENGTH)
-    wfdb.wrann(
-        out_name,
-        "atr",
-        np.asarray(ann.sample[keep] - START, dtype=np.int64),
-        symbol=list(np.asarray(ann.symbol)[keep]),
-        fs=rec.fs,
-        write_dir=str(HERE),
-    )
 
 
 def _mitdb_edf(src: Path, name: str, out_name: str) -> None:
@@ -71,7 +47,7 @@ def _mitdb_edf(src: Path, name: str, out_name: str) -> None:
 
 def main(physionet: Path) -> None:
     mitdb = physionet / "mitdb" / "1.0.0"
-    _mitdb_wfdb(mitdb, "119", "mitdb119")
+    write_excerpt(mitdb, "119", START, LENGTH, HERE, "mitdb119")
     _mitdb_edf(mitdb, "208", "mitdb208")
     ptbxl = physionet / "ptb-xl" / "1.0.1" / "records100" / "00000"
     for ext in ("hea", "dat"):
