@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.recurrent import recurrent_layer
+
 __all__ = [
     "BeatSequenceConfig",
     "BeatSequenceModel",
@@ -197,12 +199,8 @@ class BeatSequenceModel(nn.Module):
             nn.ReLU(),
             nn.Dropout(c.dropout),
         )
-        rnn_cls = nn.GRU if c.cell == "gru" else nn.LSTM
-        self.rnn = rnn_cls(
-            input_size=c.embed_size,
-            hidden_size=c.hidden_size,
-            batch_first=True,
-            bidirectional=c.bidirectional,
+        self.rnn = recurrent_layer(
+            c.cell, c.embed_size, c.hidden_size, bidirectional=c.bidirectional
         )
         n_dir = 2 if c.bidirectional else 1
         self.head = nn.Sequential(

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.recurrent import recurrent_layer
+
 __all__ = [
     "DEMOGRAPHIC_FEATURES",
     "LEAD_SUBSETS",
@@ -177,14 +179,13 @@ class RecordModel(nn.Module):
         self.front = nn.ModuleList(blocks)
         # The lead mask shifts the first block's pre-activation: "which leads are real".
         self.mask_bias = nn.Linear(config.n_leads, config.conv_channels[0])
-        rnn_cls = nn.GRU if config.cell == "gru" else nn.LSTM
-        self.rnn = rnn_cls(
-            input_size=c_in,
-            hidden_size=config.hidden_size,
+        self.rnn = recurrent_layer(
+            config.cell,
+            c_in,
+            config.hidden_size,
             num_layers=config.num_layers,
-            batch_first=True,
             bidirectional=config.bidirectional,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            dropout=config.dropout,
         )
         n_dir = 2 if config.bidirectional else 1
         n_side = config.n_leads + (len(DEMOGRAPHIC_FEATURES) if config.demographics else 0)

@@ -9,7 +9,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-__all__ = ["CELLS", "RecurrentArch", "RecurrentClassifier", "RecurrentClassifierConfig"]
+__all__ = [
+    "CELLS",
+    "RecurrentArch",
+    "RecurrentClassifier",
+    "RecurrentClassifierConfig",
+    "recurrent_layer",
+]
 
 
 CELLS: tuple[str, ...] = ("gru", "lstm")
@@ -110,6 +116,31 @@ class RecurrentClassifierConfig(RecurrentArch):
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def recurrent_layer(
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = True,
+    dropout: float = 0.0,
+) -> nn.GRU | nn.LSTM:
+    """The batch-first ``nn.GRU`` or ``nn.LSTM`` every model of this project recurs with.
+
+    Input ``(batch, time, input_size)``; dropout between stacked layers only (PyTorch ignores it,
+    with a warning, for one layer, so it is passed only when ``num_layers > 1``).
+    """
+    rnn_cls = nn.GRU if cell == "gru" else nn.LSTM
+    return rnn_cls(
+        input_size=input_size,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        batch_first=True,
+        bidirectional=bidirectional,
+        dropout=dropout if num_layers > 1 else 0.0,
+    )
+
+
 class RecurrentClassifier(nn.Module):
     """GRU/LSTM over a sequence, summarised by last state and mean pooling, then an MLP head.
 
@@ -120,14 +151,13 @@ class RecurrentClassifier(nn.Module):
         super().__init__()
         self.config = config
         n_seq = (config.n_inputs - config.n_static) * config.patch_size
-        rnn_cls = nn.GRU if config.cell == "gru" else nn.LSTM
-        self.rnn = rnn_cls(
-            input_size=n_seq,
-            hidden_size=config.hidden_size,
+        self.rnn = recurrent_layer(
+            config.cell,
+            n_seq,
+            config.hidden_size,
             num_layers=config.num_layers,
-            batch_first=True,
             bidirectional=config.bidirectional,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            dropout=config.dropout,
         )
         n_dir = 2 if config.bidirectional else 1
         summary = 2 * n_dir * config.hidden_size + config.n_static
