@@ -35,6 +35,7 @@ from models.preprocessing import (
     detect_rpeaks,
     preprocess_signal,
 )
+from models.quality import GOOD, UNREADABLE, StripQuality, Verdict, assess_strip
 from models.recurrent import RecurrentClassifier, RecurrentClassifierConfig
 from models.segment import Segment, SegmentError
 from models.tasks import TASK_ARRHYTHMIA, TaskName
@@ -195,28 +196,69 @@ def log_ecg_model(
 
 @dataclass(frozen=True)
 class BeatPredictions:
-    """Per-beat answers for one single-lead segment.
+    """Per-beat answers for one single-lead segment, with the quality verdicts behind them.
 
     Attributes
     ----------
     r_peaks : np.ndarray
-        int64 ``(n_beats,)`` sample indices at the input rate.
+        int64 ``(n_beats,)`` sample indices at the input rate (the beats the quality check judged).
     probabilities : np.ndarray
-        float32 ``(n_beats, n_classes)``, rows sum to 1.
+        float32 ``(n_beats, n_classes)``; rows sum to 1 for classified beats and are NaN for the
+        beats left unclassified (unreadable, or every beat of an unreadable strip).
     classes : tuple of str
+    quality : StripQuality, optional
+        The strip's :func:`models.quality.assess_strip` verdicts; None when not assessed.
     """
 
     r_peaks: np.ndarray
     probabilities: np.ndarray
     classes: tuple[str, ...]
+    quality: StripQuality | None = None
 
     @property
-    def labels(self) -> list[str]:
-        return (
-            [self.classes[i] for i in self.probabilities.argmax(axis=1)]
-            if len(self.r_peaks)
-            else []
-        )
+    def classified(self) -> np.ndarray:
+        """bool ``(n_beats,)``: the beats the model labelled (finite probability rows)."""
+        return np.isfinite(self.probabilities).all(axis=1)
+
+    @property
+    def labels(self) -> list[str | None]:
+        """Most probable class of each beat; None for a beat left unclassified."""
+        if not len(self.r_peaks):
+            return []
+        best = np.nan_to_num(self.probabilities, nan=-1.0).argmax(axis=1)
+        return [
+            self.classes[i] if ok else None for i, ok in zip(best, self.classified, strict=True)
+        ]
+
+    @property
+    def strip_verdict(self) -> Verdict:
+        """The strip's verdict: good, noisy or unreadable ("good" when not assessed)."""
+        return GOOD if self.quality is None else self.quality.verdict
+
+    @property
+    def strip_reasons(self) -> tuple[str, ...]:
+        """Why the strip is not good (quality index names), most frequent first."""
+        return () if self.quality is None else self.quality.reasons
+
+    @property
+    def beat_verdicts(self) -> tuple[Verdict, ...]:
+        """``(n_beats,)`` verdicts; every beat of an unreadable strip is unreadable."""
+        n = len(self.r_peaks)
+        if self.quality is None:
+            return (GOOD,) * n
+        if self.quality.verdict == UNREADABLE:
+            return (UNREADABLE,) * n
+        return self.quality.beat_verdicts
+
+    @property
+    def beat_reasons(self) -> tuple[tuple[str, ...], ...]:
+        """``(n_beats,)`` reasons per beat; the strip's reasons for beats it made unreadable."""
+        if self.quality is None:
+            return ((),) * len(self.r_peaks)
+        own = self.quality.beat_reasons
+        if self.quality.verdict == UNREADABLE:
+            return tuple(r or self.quality.reasons for r in own)
+        return own
 
 
 class _Predictor:
@@ -279,14 +321,24 @@ class ArrhythmiaPredictor(_Predictor):
         except SegmentError as err:
             raise SegmentError(str(err), index) from err
 
-    def predict_many(self, segments: Sequence[Segment]) -> list[BeatPredictions]:
-        """Beats of several segments through one forward pass.
+    def predict_many(
+        self, segments: Sequence[Segment], *, assess_quality: bool = True
+    ) -> list[BeatPredictions]:
+        """Beats of several segments through one forward pass, after a quality check.
+
+        Each segment's lead is first judged by :func:`models.quality.assess_strip` (which also
+        detects the beats when none are given); unreadable beats, and every beat of an
+        unreadable strip, are not classified (NaN probability rows). The RR context of the
+        readable beats still counts their unreadable neighbours, as in training.
 
         Parameters
         ----------
         segments : sequence of Segment
             Raw ECG at any rate; ``segment.r_peaks`` given or None to detect the beats (wfdb
             XQRS). See :meth:`lead_of` for the lead read.
+        assess_quality : bool
+            False: classify every beat, no quality verdicts (how the pipeline scores a model on
+            annotated beats).
 
         Raises
         ------
@@ -294,25 +346,44 @@ class ArrhythmiaPredictor(_Predictor):
             From :meth:`lead_of`, with the segment's position in ``index``.
         """
         leads = [self.lead_of(seg, i) for i, seg in enumerate(segments)]
-        inputs, peaks_list = [], []
+        inputs, peaks_list, keep_list, qualities = [], [], [], []
         for lead, seg in zip(leads, segments, strict=True):
-            peaks = detect_rpeaks(lead, seg.fs) if seg.r_peaks is None else seg.r_peaks
+            quality = assess_strip(lead, seg.fs, seg.r_peaks) if assess_quality else None
+            if quality is not None:
+                peaks = quality.r_peaks
+                keep = quality.readable & (quality.verdict != UNREADABLE)
+            else:
+                peaks = detect_rpeaks(lead, seg.fs) if seg.r_peaks is None else seg.r_peaks
+                keep = np.ones(len(peaks), dtype=bool)
             peaks_list.append(peaks)
-            inputs.append(beat_inputs(lead, seg.fs, peaks, self.card.preprocess))
+            keep_list.append(keep)
+            qualities.append(quality)
+            if keep.any():
+                inputs.append(beat_inputs(lead, seg.fs, peaks, self.card.preprocess)[keep])
         x = np.concatenate(inputs, axis=0) if inputs else np.zeros((0, *self.card.input_shape))
         logits = self._logits(x)
         probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         out, start = [], 0
-        for peaks in peaks_list:
-            out.append(BeatPredictions(peaks, probs[start : start + len(peaks)], self.card.classes))
-            start += len(peaks)
+        n_classes = len(self.card.classes)
+        for peaks, keep, quality in zip(peaks_list, keep_list, qualities, strict=True):
+            rows = np.full((len(peaks), n_classes), np.nan, dtype=np.float32)
+            n_kept = int(keep.sum())
+            rows[keep] = probs[start : start + n_kept]
+            start += n_kept
+            out.append(BeatPredictions(peaks, rows, self.card.classes, quality))
         return out
 
     def predict(
-        self, signal: np.ndarray, fs: float, r_peaks: np.ndarray | None = None
+        self,
+        signal: np.ndarray,
+        fs: float,
+        r_peaks: np.ndarray | None = None,
+        *,
+        assess_quality: bool = True,
     ) -> BeatPredictions:
         """Beats of one raw ``(n_samples,)`` lead at ``fs`` Hz (see :meth:`predict_many`)."""
-        return self.predict_many([Segment.single_lead(signal, fs, self.card.leads[0], r_peaks)])[0]
+        segment = Segment.single_lead(signal, fs, self.card.leads[0], r_peaks)
+        return self.predict_many([segment], assess_quality=assess_quality)[0]
 
 
 class HeartDiseasePredictor(_Predictor):

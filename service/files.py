@@ -31,6 +31,14 @@ from fastapi.concurrency import run_in_threadpool
 
 from models.predictor import ArrhythmiaPredictor, HeartDiseasePredictor
 from models.segment import Segment
+from service.arrhythmia_answer import (
+    BeatArrays,
+    beats_out,
+    merge_quality,
+    no_beats_warning,
+    nonfinite_outputs,
+    summary,
+)
 from service.deps import (
     ArrhythmiaModelDep,
     HeartDiseaseModelDep,
@@ -52,7 +60,7 @@ from service.formats import (
     parse_upload,
 )
 from service.registry_watch import LoadedModel
-from service.schemas import ArrhythmiaSummary, BeatOut, ErrorResponse, ModelRef
+from service.schemas import ErrorResponse, ModelRef
 
 __all__ = ["MAX_FILE_SECONDS", "files_router"]
 
@@ -238,40 +246,23 @@ def _arrhythmia_answer(
     except ValueError as err:
         raise _unprocessable(str(err)) from err
     classes = predictor.card.classes
-    samples, rows = [], []
+    kept, part_quality = [], []
     for (lo, _, own_lo, own_hi), pred in zip(parts, predictions, strict=True):
+        if nonfinite_outputs(pred):
+            raise _unprocessable("the model produced non-finite outputs for this record")
         absolute = np.asarray(pred.r_peaks, dtype=np.int64) + lo
-        keep = (absolute >= own_lo) & (absolute < own_hi)
-        samples.append(absolute[keep])
-        rows.append(_finite(pred.probabilities)[keep])
-    peaks_all = np.concatenate(samples) if samples else np.zeros(0, np.int64)
-    probs = np.concatenate(rows) if rows else np.zeros((0, len(classes)), np.float32)
-    labels = [classes[i] for i in probs.argmax(axis=1)] if len(peaks_all) else []
-    beats = [
-        BeatOut(
-            sample=int(s),
-            time_s=float(s) / fs,
-            label=label,
-            probabilities=dict(zip(classes, row.tolist(), strict=True)),
-        )
-        for s, label, row in zip(peaks_all, labels, probs, strict=True)
-    ]
-    counts = {c: 0 for c in classes}
-    for label in labels:
-        counts[label] += 1
-    n = len(labels)
-    if not n:
-        warnings.append("no beats found: the record may be too short, flat or noisy")
+        kept.append(BeatArrays.of(pred, (absolute >= own_lo) & (absolute < own_hi), offset=lo))
+        part_quality.append((pred.strip_verdict, pred.strip_reasons))
+    beats = beats_out(BeatArrays.concat(kept, len(classes)), classes, fs)
+    quality = merge_quality(part_quality, beats)
+    warnings.extend(no_beats_warning(quality, beats, "record"))
     return FileArrhythmiaResponse(
         n_samples=record.n_samples,
         duration_s=record.duration_s,
         r_peaks_source="detected" if record.r_peaks is None else "given",
+        quality=quality,
         beats=beats,
-        summary=ArrhythmiaSummary(
-            n_beats=n,
-            counts=counts,
-            abnormal_fraction=(n - counts.get("N", 0)) / n if n else None,
-        ),
+        summary=summary(beats, classes),
         warnings=[*record.warnings, *warnings],
         model=_model_ref(loaded),
         record=_record_info(record),

@@ -207,7 +207,7 @@ def _warm_up(predictor: ArrhythmiaPredictor | HeartDiseasePredictor) -> None:
     beats = np.exp(-0.5 * ((t[:, None] - np.arange(0.4, 4.0, 0.8)[None, :]) / 0.015) ** 2)
     lead = (beats.sum(axis=1) + 0.01 * np.sin(2 * np.pi * 0.3 * t)).astype(np.float32)
     if isinstance(predictor, ArrhythmiaPredictor):
-        probs = predictor.predict(lead, fs).probabilities
+        probs = predictor.predict(lead, fs, assess_quality=False).probabilities
     else:
         n_leads = len(predictor.card.leads)
         record = np.repeat(lead[:, None], n_leads, axis=1)

@@ -20,6 +20,14 @@ from fastapi.concurrency import run_in_threadpool
 
 from models.predictor import ArrhythmiaPredictor, HeartDiseasePredictor
 from models.segment import Segment, SegmentError
+from service.arrhythmia_answer import (
+    BeatArrays,
+    beats_out,
+    merge_quality,
+    no_beats_warning,
+    nonfinite_outputs,
+    summary,
+)
 from service.deps import (
     ArrhythmiaModelDep,
     HeartDiseaseModelDep,
@@ -36,8 +44,6 @@ from service.schemas import (
     ArrhythmiaRequest,
     ArrhythmiaResponse,
     ArrhythmiaResult,
-    ArrhythmiaSummary,
-    BeatOut,
     ErrorResponse,
     HealthResponse,
     HeartDiseaseBatchRequest,
@@ -162,34 +168,19 @@ def _arrhythmia_results(
     classes = predictor.card.classes
     results = []
     for segment, pred in zip(segments, predictions, strict=True):
-        probs = _finite(pred.probabilities)
-        labels = pred.labels
-        beats = [
-            BeatOut(
-                sample=int(s),
-                time_s=float(s) / segment.fs,
-                label=label,
-                probabilities=dict(zip(classes, row.tolist(), strict=True)),
-            )
-            for s, label, row in zip(pred.r_peaks, labels, probs, strict=True)
-        ]
-        counts = {c: 0 for c in classes}
-        for label in labels:
-            counts[label] += 1
-        n = len(labels)
-        warnings = [] if n else ["no beats found: the segment may be too short, flat or noisy"]
+        if nonfinite_outputs(pred):
+            raise _unprocessable("the model produced non-finite outputs for this signal")
+        beats = beats_out(BeatArrays.of(pred), classes, segment.fs)
+        quality = merge_quality([(pred.strip_verdict, pred.strip_reasons)], beats)
         results.append(
             ArrhythmiaResult(
                 n_samples=segment.n_samples,
                 duration_s=segment.duration_s,
                 r_peaks_source="detected" if segment.r_peaks is None else "given",
+                quality=quality,
                 beats=beats,
-                summary=ArrhythmiaSummary(
-                    n_beats=n,
-                    counts=counts,
-                    abnormal_fraction=(n - counts.get("N", 0)) / n if n else None,
-                ),
-                warnings=warnings,
+                summary=summary(beats, classes),
+                warnings=no_beats_warning(quality, beats, "segment"),
             )
         )
     return results
@@ -203,7 +194,12 @@ def predict_arrhythmia(
     gate: InferenceGateDep,
     request: Request,
 ) -> ArrhythmiaResponse:
-    """Classify every beat of one single-lead segment into AAMI classes (N, S, V, F, Q)."""
+    """Judge the signal quality of one single-lead segment and classify each readable beat.
+
+    Unreadable beats (and every beat of an unreadable segment) answer ``quality: unreadable``
+    with a null label and null probabilities and the reasons; the segment's verdict is in
+    ``quality``. Classes are the served model's (see ``GET /models``).
+    """
     request.state.n_samples = len(body.signal)
     (result,) = _arrhythmia_results(loaded, [body], settings, gate, batch=False)
     return ArrhythmiaResponse(**result.model_dump(), model=_model_ref(loaded))

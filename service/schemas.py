@@ -40,6 +40,7 @@ __all__ = [
     "ReadyResponse",
     "ReloadOutcome",
     "ReloadResponse",
+    "SegmentQuality",
     "UnavailableModel",
 ]
 
@@ -118,31 +119,72 @@ class ArrhythmiaBatchRequest(BaseModel):
     segments: list[ArrhythmiaRequest] = Field(min_length=1)
 
 
+QualityVerdict = Literal["good", "noisy", "unreadable"]
+_QUALITY_REASONS = (
+    "Names of the failed quality checks, most frequent first: flat (flat line), clipped "
+    "(saturation), qrs_amp_mv (QRS amplitude out of range), hum (50/60 Hz powerline), ksqi "
+    "(kurtosis, Li et al. 2008), psqi (QRS-band power share), bassqi (baseline wander, Zhao & "
+    "Zhang 2018), bsqi (two QRS detectors disagree), tcorr (beats unlike their template, "
+    "Orphanidou et al. 2015), hr_bpm / max_rr_s (implausible rate or pause), no_beats, "
+    "beat_amplitude, local_noise."
+)
+
+
 class BeatOut(BaseModel):
-    """One classified beat."""
+    """One beat: its class, or none when the signal around it is unreadable."""
 
     sample: int = Field(description="R-peak index at the input rate.")
     time_s: float = Field(description="R-peak time from the start of the segment, seconds.")
-    label: str = Field(description="Most probable AAMI class (N, S, V, F, Q).")
-    probabilities: dict[str, float]
+    label: str | None = Field(
+        description=(
+            "Most probable class among the model's classes (N, S, V; F is merged into V by the "
+            "beat-sequence model; older models also answer F and Q); null when the beat is "
+            "unreadable."
+        )
+    )
+    probabilities: dict[str, float] | None = Field(
+        description="Calibrated class probabilities; null when the beat is unreadable."
+    )
+    quality: QualityVerdict = Field(
+        default="good",
+        description=(
+            "Signal quality around the beat: good, noisy (classified, but doubtful) or "
+            "unreadable (not classified). Every beat of an unreadable segment is unreadable."
+        ),
+    )
+    quality_reasons: list[str] = Field(default_factory=list, description=_QUALITY_REASONS)
+
+
+class SegmentQuality(BaseModel):
+    """Signal quality of the whole segment (models.quality.assess_strip)."""
+
+    verdict: QualityVerdict = Field(
+        description=(
+            "good; noisy (some windows or beats doubtful); unreadable (no beats, or more than "
+            "half of them unreadable: no beat is classified, `reasons` says why)."
+        )
+    )
+    reasons: list[str] = Field(default_factory=list, description=_QUALITY_REASONS)
+    n_unreadable_beats: int = Field(description="Beats left unclassified.")
 
 
 class ArrhythmiaSummary(BaseModel):
-    """Counts per class over the segment."""
+    """Counts per class over the segment's classified beats."""
 
-    n_beats: int
-    counts: dict[str, int]
+    n_beats: int = Field(description="All beats found, classified or not.")
+    counts: dict[str, int] = Field(description="Classified beats per class.")
     abnormal_fraction: float | None = Field(
-        description="Share of beats not classified N; null when no beat was found."
+        description="Share of classified beats not classified N; null when none was classified."
     )
 
 
 class ArrhythmiaResult(BaseModel):
-    """Beats and summary of one segment."""
+    """Beats, quality and summary of one segment."""
 
     n_samples: int
     duration_s: float
     r_peaks_source: Literal["given", "detected"]
+    quality: SegmentQuality
     beats: list[BeatOut]
     summary: ArrhythmiaSummary
     warnings: list[str] = Field(default_factory=list)
