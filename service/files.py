@@ -30,6 +30,7 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Upl
 from fastapi.concurrency import run_in_threadpool
 
 from models.predictor import ArrhythmiaPredictor, HeartDiseasePredictor
+from models.record_predictor import RecordPredictor
 from models.segment import Segment
 from service.arrhythmia_answer import (
     BeatArrays,
@@ -59,6 +60,7 @@ from service.formats import (
     parse_binary,
     parse_upload,
 )
+from service.heart_disease_answer import Sex, record_answer
 from service.registry_watch import LoadedModel
 from service.schemas import ErrorResponse, ModelRef
 
@@ -272,10 +274,78 @@ def _arrhythmia_answer(
 
 
 # --------------------------------------------------------------------------- heart disease
+def _windows(record: EcgRecord, window_s: float) -> list[tuple[int, int]]:
+    """``(start, end)`` samples of the record's consecutive model-length windows (422: none)."""
+    window = round(window_s * record.fs)
+    spans = [(s, min(record.n_samples, s + window)) for s in range(0, record.n_samples, window)]
+    spans = [(s, e) for s, e in spans if e - s >= _MIN_WINDOW_FRACTION * window]
+    if not spans:
+        raise _unprocessable(
+            f"record too short: {record.duration_s:.2f} s; this model reads {window_s:g} s "
+            f"(at least {_MIN_WINDOW_FRACTION * window_s:g} s)"
+        )
+    return spans
+
+
+def _record_model_file_answer(
+    loaded: LoadedModel,
+    predictor: RecordPredictor,
+    record: EcgRecord,
+    gate: Any,
+    age: float | None,
+    sex: Sex | None,
+) -> FileHeartDiseaseResponse:
+    """The record model's answer per window, from whichever of the 12 leads the record holds."""
+    card = predictor.card
+    model_leads = {normalise_lead(lead): lead for lead in card.leads}
+    names = [normalise_lead(n) for n in record.leads]
+    columns = [i for i, n in enumerate(names) if n in model_leads and n not in names[:i]]
+    if not columns:
+        raise _unprocessable(
+            f"no usable lead: this model reads any of {list(card.leads)}; the record has "
+            f"{list(record.leads)}"
+        )
+    leads = [model_leads[names[i]] for i in columns]
+    _check_rate(record.fs, card.preprocess.fs_target)
+    window_s = card.input_shape[0] / card.preprocess.fs_target
+    windows = []
+    for s, e in _windows(record, window_s):
+        try:
+            fields = record_answer(
+                predictor, record.signal[s:e, columns], record.fs, leads, gate, age=age, sex=sex
+            )
+        except ValueError as err:
+            raise _unprocessable(str(err)) from err
+        windows.append(HeartDiseaseWindow(**fields, start_s=s / record.fs, end_s=e / record.fs))
+    warnings = list(record.warnings)
+    unused = [n for n, low in zip(record.leads, names, strict=True) if low not in model_leads]
+    if unused:
+        warnings.append(f"leads {unused} are not used by this model")
+    if len(windows) > 1:
+        warnings.append(
+            f"the record holds {len(windows)} windows of {window_s:g} s: the top-level answer is "
+            "the first; `windows` has each"
+        )
+    first = windows[0]
+    return FileHeartDiseaseResponse(
+        **first.model_dump(exclude={"warnings", "start_s", "end_s"}),
+        warnings=[*warnings, *first.warnings],
+        model=_model_ref(loaded),
+        record=_record_info(record),
+        windows=windows,
+    )
+
+
 def _heart_disease_answer(
-    loaded: LoadedModel, record: EcgRecord, gate: Any
+    loaded: LoadedModel,
+    record: EcgRecord,
+    gate: Any,
+    age: float | None = None,
+    sex: Sex | None = None,
 ) -> FileHeartDiseaseResponse:
     predictor = loaded.predictor
+    if isinstance(predictor, RecordPredictor):
+        return _record_model_file_answer(loaded, predictor, record, gate, age, sex)
     if not isinstance(predictor, HeartDiseasePredictor):
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "wrong model kind loaded")
     card = predictor.card
@@ -386,6 +456,10 @@ UploadFiles = Annotated[
     list[UploadFile],
     File(description="A WFDB record (.hea + .dat, optional .atr), one EDF/EDF+ file or one CSV."),
 ]
+AgeQuery = Annotated[
+    float | None, Query(ge=0, le=130, description="Patient age, years (used with sex).")
+]
+SexQuery = Annotated[Sex | None, Query(description="male or female (used with age).")]
 FormatQuery = Annotated[
     FileFormat, Query(alias="format", description="File format; auto detects it.")
 ]
@@ -440,11 +514,17 @@ def predict_heart_disease_file(
     request: Request,
     fmt: FormatQuery = "auto",
     fs: FsQuery = None,
+    age: AgeQuery = None,
+    sex: SexQuery = None,
 ) -> FileHeartDiseaseResponse:
-    """Superclass probabilities of an uploaded 12-lead record, per model-length window."""
+    """Superclass probabilities of an uploaded record, per model-length window.
+
+    The record model reads whichever of the 12 standard leads the file holds (``leads_used``;
+    ``reduced_leads`` when fewer: less certain) and the optional ``age`` and ``sex``.
+    """
     record = _decode_upload(files, fmt, fs)
     request.state.n_samples = record.n_samples
-    return _heart_disease_answer(loaded, record, gate)
+    return _heart_disease_answer(loaded, record, gate, age, sex)
 
 
 @files_router.post(
@@ -487,8 +567,10 @@ async def predict_heart_disease_binary(
     leads: BinLeads,
     dtype: BinDtype = "float32",
     gain: BinGain = None,
+    age: AgeQuery = None,
+    sex: SexQuery = None,
 ) -> FileHeartDiseaseResponse:
     """Superclass probabilities of a raw multi-lead body (``fs``, ``leads``, ``gain`` given)."""
     record = await _decode_binary(request, dtype, fs, leads, gain)
     request.state.n_samples = record.n_samples
-    return await run_in_threadpool(_heart_disease_answer, loaded, record, gate)
+    return await run_in_threadpool(_heart_disease_answer, loaded, record, gate, age, sex)

@@ -22,6 +22,7 @@ from models.predictor import (
     HeartDiseasePredictor,
     load_predictor,
 )
+from models.record_predictor import RecordPredictor, load_heart_disease_predictor
 from models.segment import Segment
 from models.tasks import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
 from models.tracking_server import check_reachable
@@ -43,7 +44,7 @@ class LoadedModel:
     version: str
     run_id: str | None
     source: str
-    predictor: ArrhythmiaPredictor | HeartDiseasePredictor
+    predictor: ArrhythmiaPredictor | HeartDiseasePredictor | RecordPredictor
     test_metrics: dict[str, float]
     loaded_at: datetime
 
@@ -62,7 +63,10 @@ class ModelSlot:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-_PREDICTOR_CLASS = {TASK_ARRHYTHMIA: ArrhythmiaPredictor, TASK_HEART_DISEASE: HeartDiseasePredictor}
+_PREDICTOR_CLASS: dict[str, tuple[type, ...]] = {
+    TASK_ARRHYTHMIA: (ArrhythmiaPredictor,),
+    TASK_HEART_DISEASE: (HeartDiseasePredictor, RecordPredictor),
+}
 
 
 class ModelHolder:
@@ -163,11 +167,16 @@ class ModelHolder:
             return None
         # Load the resolved version, not the alias: the alias may move again while we download.
         uri = f"models:/{slot.name}/{version}"
-        predictor = load_predictor(uri, tracking_uri=self.tracking_uri)
-        expected = _PREDICTOR_CLASS[slot.task]
-        if not isinstance(predictor, expected):
+        # A heart-disease champion is whichever kind its card names (record model or not).
+        predictor: ArrhythmiaPredictor | HeartDiseasePredictor | RecordPredictor = (
+            load_heart_disease_predictor(uri, tracking_uri=self.tracking_uri)
+            if slot.task == TASK_HEART_DISEASE
+            else load_predictor(uri, tracking_uri=self.tracking_uri)
+        )
+        if not isinstance(predictor, _PREDICTOR_CLASS[slot.task]):
+            task = getattr(predictor.card, "task", TASK_HEART_DISEASE)
             raise ValueError(
-                f"{uri} is a {predictor.card.task!r} model; the {slot.task!r} endpoint needs a "
+                f"{uri} is a {task!r} model; the {slot.task!r} endpoint needs a "
                 f"{slot.task!r} model (check the model name settings)"
             )
         _warm_up(predictor)  # also proves the model runs before it replaces the old one
@@ -196,7 +205,7 @@ def _test_metrics(client: object, run_id: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith("test_")}
 
 
-def _warm_up(predictor: ArrhythmiaPredictor | HeartDiseasePredictor) -> None:
+def _warm_up(predictor: ArrhythmiaPredictor | HeartDiseasePredictor | RecordPredictor) -> None:
     """Run one synthetic input through the whole chain (imports, detector, first forward pass).
 
     Raises if the model produces non-finite outputs, so a broken version is never swapped in.
@@ -208,6 +217,11 @@ def _warm_up(predictor: ArrhythmiaPredictor | HeartDiseasePredictor) -> None:
     lead = (beats.sum(axis=1) + 0.01 * np.sin(2 * np.pi * 0.3 * t)).astype(np.float32)
     if isinstance(predictor, ArrhythmiaPredictor):
         probs = predictor.predict(lead, fs, assess_quality=False).probabilities
+    elif isinstance(predictor, RecordPredictor):
+        window_s = predictor.card.input_shape[0] / predictor.card.preprocess.fs_target
+        record = np.resize(lead, int(window_s * fs))[:, None]
+        answer = predictor.predict(record, fs, predictor.card.leads[:1], age=50.0, sex=0)
+        probs = np.array([*answer.probabilities.values(), answer.heart_disease_probability])
     else:
         n_leads = len(predictor.card.leads)
         record = np.repeat(lead[:, None], n_leads, axis=1)

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from models.predictor import ArrhythmiaPredictor, HeartDiseasePredictor
+from models.record_predictor import RecordPredictor
 from models.segment import Segment, SegmentError
 from service.arrhythmia_answer import (
     BeatArrays,
@@ -37,6 +38,7 @@ from service.deps import (
     require_api_key,
     require_json,
 )
+from service.heart_disease_answer import record_answer
 from service.registry_watch import LoadedModel, ModelHolder
 from service.schemas import (
     ArrhythmiaBatchRequest,
@@ -235,6 +237,24 @@ def _record_warnings(segment: Segment, predictor: HeartDiseasePredictor) -> list
     return warnings
 
 
+def _record_model_result(
+    predictor: RecordPredictor,
+    body: HeartDiseaseRequest,
+    settings: ServiceSettings,
+    gate: threading.BoundedSemaphore,
+    where: str,
+) -> HeartDiseaseResult:
+    """The record model's answer for any lead subset (and age, sex); 422 saying what is wrong."""
+    segment = _segment(body.signal, body.fs, body.leads, None, settings, where)
+    try:
+        fields = record_answer(
+            predictor, segment.signal, segment.fs, segment.leads, gate, age=body.age, sex=body.sex
+        )
+    except ValueError as err:  # unknown or repeated leads, too short, non-finite outputs
+        raise _unprocessable(f"{where}{err}") from err
+    return HeartDiseaseResult(**fields)
+
+
 def _heart_disease_results(
     loaded: LoadedModel,
     requests: list[HeartDiseaseRequest],
@@ -243,9 +263,14 @@ def _heart_disease_results(
     batch: bool,
 ) -> list[HeartDiseaseResult]:
     predictor = loaded.predictor
+    key = "records" if batch else None
+    if isinstance(predictor, RecordPredictor):
+        return [
+            _record_model_result(predictor, r, settings, gate, _where(key, i))
+            for i, r in enumerate(requests)
+        ]
     if not isinstance(predictor, HeartDiseasePredictor):
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "wrong model kind loaded")
-    key = "records" if batch else None
     records = [
         _segment(r.signal, r.fs, r.leads, None, settings, _where(key, i))
         for i, r in enumerate(requests)
@@ -276,7 +301,12 @@ def predict_heart_disease(
     gate: InferenceGateDep,
     request: Request,
 ) -> HeartDiseaseResponse:
-    """PTB-XL diagnostic superclass probabilities of one 12-lead record, and 1 - P(NORM)."""
+    """PTB-XL diagnostic superclass probabilities of one record, 1 - P(NORM) and the decision.
+
+    The record model answers for any subset of the 12 leads (``leads_used``, ``reduced_leads``:
+    fewer leads, less certain) and reads the optional ``age`` and ``sex``; ``heart_disease`` is
+    the yes/no decision at the operating point chosen on validation records for that lead set.
+    """
     request.state.n_samples = len(body.signal)
     (result,) = _heart_disease_results(loaded, [body], settings, gate, batch=False)
     return HeartDiseaseResponse(**result.model_dump(), model=_model_ref(loaded))

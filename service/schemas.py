@@ -204,8 +204,16 @@ class ArrhythmiaBatchResponse(BaseModel):
 
 
 # --------------------------------------------------------------------------- heart disease
+HeartDiseaseSex = Literal["male", "female"]
+
+
 class HeartDiseaseRequest(BaseModel):
-    """One multi-lead record (10 s, 12 standard leads for the PTB-XL model)."""
+    """One multi-lead record (10 s), any subset of the 12 standard leads for the record model.
+
+    The record model (the champion's card kind ``record-model``) reads any subset of I, II, III,
+    aVR, aVL, aVF, V1-V6 and optionally the patient's age and sex; older heart-disease models
+    need all 12 leads and ignore age and sex.
+    """
 
     model_config = _STRICT
 
@@ -218,6 +226,12 @@ class HeartDiseaseRequest(BaseModel):
     signal: list[Annotated[list[Sample], Field(min_length=1, max_length=16)]] = Field(
         min_length=1,
         description="Rows of shape (n_samples, n_leads): one row per sample, one column per lead.",
+    )
+    age: float | None = Field(
+        default=None, ge=0, le=130, description="Age in years (used together with sex)."
+    )
+    sex: HeartDiseaseSex | None = Field(
+        default=None, description="male or female (used together with age)."
     )
 
     @model_validator(mode="after")
@@ -246,7 +260,27 @@ class HeartDiseaseResult(BaseModel):
 
     probabilities: dict[str, float]
     heart_disease_probability: float = Field(description="1 - P(NORM).")
+    heart_disease: bool | None = Field(
+        default=None,
+        description=(
+            "The yes/no decision: heart_disease_probability >= threshold, the operating point "
+            "chosen on validation records for this lead set; null for models without one."
+        ),
+    )
+    threshold: float | None = Field(
+        default=None, description="Decision threshold on heart_disease_probability."
+    )
     labels: list[str] = Field(description="Superclasses with probability >= 0.5.")
+    leads_used: list[str] = Field(
+        default_factory=list, description="The leads the model read, in its order."
+    )
+    reduced_leads: bool = Field(
+        default=False,
+        description="Fewer leads than the model's 12: the answer is less certain.",
+    )
+    demographics_used: bool = Field(
+        default=False, description="Age and sex were given and read by the model."
+    )
     warnings: list[str] = Field(default_factory=list)
 
 
