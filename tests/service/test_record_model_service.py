@@ -16,9 +16,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import schemathesis
 import torch
-from app_helpers import make_settings
+from app_helpers import make_settings, serve_in_thread
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from torch import nn
 
 from bench.tiny_models import TinyRegistry, build_registry, ptbxl_record, use_tracking_uri
@@ -235,3 +243,45 @@ def test_file_endpoints_read_whichever_leads_the_file_holds(
         headers={"content-type": "application/octet-stream"},
     )
     assert r.status_code == 422 and "no usable lead" in r.json()["detail"]
+
+
+# --------------------------------------------------------------------------- schema conformance
+def _spec() -> dict[str, Any]:
+    from service.settings import ServiceSettings
+
+    return create_app(ServiceSettings(mlflow_tracking_uri="sqlite:///unused.db")).openapi()
+
+
+schema = schemathesis.openapi.from_dict(_spec()).include(path_regex="heart-disease")
+
+
+@pytest.fixture(scope="module")
+def record_live_url(record_registry: TinyRegistry) -> Iterator[str]:
+    """A real uvicorn server serving the record-model champion."""
+    with serve_in_thread(create_app(make_settings(record_registry))) as url:
+        yield url
+
+
+@schema.parametrize()
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+)
+def test_heart_disease_endpoints_conform_with_the_record_model(
+    case: Any, record_live_url: str
+) -> None:
+    """Generated requests (any leads, ages, sexes) against the record model: never a 5xx."""
+    case.call_and_validate(
+        base_url=record_live_url,
+        checks=[
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ],
+    )
