@@ -27,13 +27,22 @@ __all__ = [
     "check_reachable",
     "ensure_experiment",
     "initialise_sqlite_store",
+    "log_dataset_input",
     "resolve_tracking_uri",
+    "runs_table_view",
     "tracking_scope",
 ]
 
 logger = logging.getLogger(__name__)
 
 _URI_ENV_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+#: The experiment tag MLflow 3's UI reads to choose between its GenAI pages (traces, token
+#: usage) and the classic runs table; "custom_model_development" selects the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+#: Tag prefix of a saved runs-table view; ``?viewStateShareKey=<key>`` opens it (MLflow's UI).
+_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 
 #: The store used when neither ECG_MLFLOW_TRACKING_URI nor MLFLOW_TRACKING_URI is set.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -159,11 +168,101 @@ def ensure_experiment(
                 f"experiment {name!r} is deleted in {tracking_uri}; restore it "
                 f"(mlflow experiments restore) or choose another --experiment"
             )
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tag existed: runs table too
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return str(exp.experiment_id)
     location = None
     if _is_local_store(tracking_uri):
         root = artifact_dir or (settings or get_settings()).mlflow_artifact_dir
         location = Path(root).resolve().as_uri()
-    exp_id = client.create_experiment(name, artifact_location=location)
+    exp_id = client.create_experiment(
+        name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+    )
     logger.info("created MLflow experiment %r (artifacts: %s)", name, location or "server default")
     return str(exp_id)
+
+
+def log_dataset_input(name: str, path: Path | str, digest: str, context: str = "training") -> None:
+    """Log a dataset as an input of the active run (the runs table's Dataset column).
+
+    Parameters
+    ----------
+    name : str
+        Dataset name, e.g. ``"mitdb"``.
+    path : Path or str
+        Where the prepared dataset lies (the dataset's source).
+    digest : str
+        Content hash of the dataset manifest; MLflow stores at most 36 characters of it.
+    context : str
+        The input's role in the run (MLflow's ``mlflow.data.context`` tag).
+    """
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = resolve_dataset_source(str(Path(path).resolve()))
+    dataset = MetaDataset(source=source, name=name, digest=digest[:36])
+    mlflow.log_input(dataset, context=context)
+
+
+def runs_table_view(
+    experiment_id: str, tracking_uri: str, metrics: list[str], order_by: str | None = None
+) -> str:
+    """Save a runs-table view with ``metrics`` as columns; returns the UI link to it.
+
+    MLflow's UI keeps the chosen columns in the browser; a view stored in the experiment tag
+    ``mlflow.sharedViewState.<key>`` opens with ``?viewStateShareKey=<key>`` (the UI's own "Share"
+    button writes the same tag). The key is a hash of the view, so saving the same view twice writes
+    one tag. MLflow 3.17's UI picks GenAI or model-training pages by a browser-wide "GenAI | Model
+    training" switch (default GenAI, remembered in the browser) rather than by the experiment's
+    ``mlflow.experimentKind`` tag; ``workflowType=machine_learning`` in the link selects the runs
+    table whatever that switch says.
+
+    Parameters
+    ----------
+    experiment_id, tracking_uri : str
+    metrics : list of str
+        Metric keys shown as columns, in order, after the run's Dataset.
+    order_by : str, optional
+        A metric key the runs are sorted by (descending); default: start time.
+    """
+    import hashlib
+    import json
+
+    from mlflow import MlflowClient
+
+    columns = ["attributes.`Dataset`", "attributes.`Models`"]
+    columns += [f"metrics.`{m}`" for m in metrics]
+    state = {
+        "searchFilter": "",
+        "orderByKey": f"metrics.`{order_by}`" if order_by else "attributes.start_time",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": columns,
+        "columnOrder": [],
+        "columnWidths": {},
+        "runsExpanded": {},
+        "runsPinned": [],
+        "runsHidden": [],
+        "runsVisibilityMap": {},
+        "runsHiddenMode": "FIRST_10_RUNS",
+        "viewMaximized": False,
+        "runListHidden": False,
+        "isAccordionReordered": False,
+        "groupBy": "",
+        "groupsExpanded": {},
+        "autoRefreshEnabled": True,
+        "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True,
+        "chartsSearchFilter": "",
+    }
+    value = json.dumps(state, separators=(",", ":"))
+    key = "ecg-" + hashlib.sha256(value.encode()).hexdigest()[:16]
+    MlflowClient(tracking_uri=tracking_uri).set_experiment_tag(
+        experiment_id, _VIEW_TAG_PREFIX + key, value
+    )
+    query = f"workflowType=machine_learning&viewStateShareKey={key}"
+    return f"#/experiments/{experiment_id}/runs?{query}"

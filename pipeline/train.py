@@ -149,7 +149,7 @@ def train(
     TrainingInterrupted
         On Ctrl-C (the run is KILLED, nothing registered).
     """
-    from pipeline.tracking import ensure_experiment, tracking_scope
+    from pipeline.tracking import ensure_experiment, runs_table_view, tracking_scope
 
     with tracking_scope(tracking_uri) as uri:
         # 1. data: splits cut once; train and validation inputs now, the test split at the end
@@ -158,6 +158,8 @@ def train(
         card = _model_card(cfg, splits, tr)
         # 2. model, loss and optimiser, seeded (this order is what makes runs reproducible)
         exp_id = ensure_experiment(experiment or cfg.task.experiment, uri)
+        view = runs_table_view(exp_id, uri, _key_metrics(cfg, card), cfg.task.best_metric)
+        logger.info("runs table with the key figures: <mlflow ui>/%s", view)
         torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
         _seed_everything(cfg.seed)
         loop = _Loop.create(cfg, RecurrentClassifier(card.architecture), splits, (tr, va), progress)
@@ -242,6 +244,8 @@ def _log_setup(
     """Tags, params, ``config.json`` and the split records (an artifact: thousands of names)."""
     import mlflow
 
+    from pipeline.tracking import log_dataset_input
+
     ds = splits.dataset
     mlflow.set_tags(
         {
@@ -284,6 +288,17 @@ def _log_setup(
         "config.json",
     )
     mlflow.log_dict(splits.records(), "records.json")
+    log_dataset_input(ds.name, ds.path, ds.content_sha256)
+
+
+def _key_metrics(cfg: TrainConfig, card: ModelCard) -> list[str]:
+    """The runs table's columns: the selection metric, then test Se/PPV per class (beats) or
+    test macro-AUC and per-class AUC (records)."""
+    if cfg.task.multilabel:
+        per_class = [f"test_{c}_auc" for c in card.classes]
+        return [cfg.task.best_metric, "test_macro_auc", *per_class]
+    se_ppv = [f"test_{c}_{m}" for c in card.classes for m in ("recall", "precision")]
+    return [cfg.task.best_metric, "test_macro_f1", *se_ppv]
 
 
 # =========================================================================== the loop
