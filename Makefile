@@ -34,12 +34,15 @@ data: install
 	$(BIN)/ecg download mitdb
 	$(BIN)/ecg download ptb-xl
 	$(BIN)/ecg download ptbdb
+	$(BIN)/ecg download svdb
 	$(BIN)/ecg prepare mitdb
 	$(BIN)/ecg prepare ptb-xl
 
 train: data
 	$(BIN)/ecg train --dataset mitdb --cell gru --register $(TRAIN_ARGS)
 	$(BIN)/ecg train --dataset mitdb --cell lstm --register $(TRAIN_ARGS)
+	# The beat-sequence model last, so it ends as the arrhythmia champion.
+	$(BIN)/ecg train-beats --register
 	# Heart disease: the CRNN record model (any lead subset, optional age/sex), the recipe behind
 	# bench/ptbxl_research.md (20 epochs, ~5 min on a quiet 2-core machine); fold 10 read once.
 	$(BIN)/ecg train-record --register $(RECORD_ARGS)

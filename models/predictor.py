@@ -468,6 +468,14 @@ def predictor_from_model_dir(path: str | Path) -> Predictor:
     from mlflow.models import Model
 
     pyfunc = Model.load(str(path)).flavors.get("python_function", {})
+    if pyfunc.get("loader_module") == "models.beat_predictor" and pyfunc.get("data"):
+        # A beat-sequence arrhythmia model (card kind "beat-sequence"): same predictor API.
+        from models.beat_predictor import beat_predictor_from_data_dir
+
+        beat_dir = (Path(path) / str(pyfunc["data"])).resolve()
+        if not beat_dir.is_relative_to(Path(path).resolve()):
+            raise ValueError(f"model at {path}: its data directory points outside the model")
+        return beat_predictor_from_data_dir(beat_dir)
     if pyfunc.get("loader_module") != PYFUNC_LOADER_MODULE or not pyfunc.get("data"):
         raise ValueError(
             f"model at {path} is not an ECG weights model (its python_function loader is "

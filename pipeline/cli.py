@@ -327,6 +327,58 @@ def train_record(
             typer.echo(reg.decision.summary())
 
 
+@app.command("train-beats")
+def train_beats(
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over DS1 + svdb.")] = 6,
+    seed: Annotated[int, typer.Option()] = 0,
+    register: Annotated[
+        bool,
+        typer.Option(
+            help="Register as ecg-arrhythmia and move @champion: a beat-sequence model replaces a "
+            "single-beat champion; between beat-sequence models the higher validation macro-F1 "
+            "wins."
+        ),
+    ] = True,
+    num_threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Holds raw/mitdb and raw/svdb (default: ECG_DATA_DIR).")
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "ecg-arrhythmia",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: env, else sqlite:///mlflow.db)."),
+    ] = None,
+) -> None:
+    """Train the beat-sequence model (LSTM over each strip's beats) on MIT-BIH DS1 + svdb.
+
+    Validation: every fifth DS1 record (patients apart) sets the temperature and the selection
+    metric; DS2 is read once at the end and logged (per-class precision and recall).
+    """
+    import torch
+
+    from pipeline.beat_pipeline import train_beats as run_train_beats
+
+    torch.set_num_threads(num_threads)
+    root = (data_dir or get_settings().data_dir) / "raw"
+    try:
+        result = run_train_beats(
+            root,
+            epochs=epochs,
+            seed=seed,
+            register=register,
+            experiment=experiment,
+            tracking_uri=tracking_uri,
+        )
+    except _tracking_errors() as err:
+        raise _fail(err) from None
+    typer.echo(f"run {result.run_id}: val_macro_f1 {result.val_macro_f1:.4f}")
+    if result.test_metrics:
+        shown = {k: v for k, v in result.test_metrics.items() if k.endswith(("_se", "_ppv"))}
+        typer.echo("test: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+    if result.version is not None:
+        typer.echo(f"registered ecg-arrhythmia v{result.version}; champion: {result.promoted}")
+
+
 # --------------------------------------------------------------------------- registry
 @app.command()
 def register(

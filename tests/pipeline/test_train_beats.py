@@ -1,0 +1,110 @@
+"""``ecg train-beats`` end to end, tiny: real mitdb + svdb records, a sqlite registry, the service.
+
+The model is trained one epoch on three DS1 records (one of them held out as validation) and one
+svdb record, registered as ``ecg-arrhythmia@champion``, loaded by the service's own loader and
+asked for a real MIT-BIH strip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from bench.tiny_models import mitdb_strip
+from models.beat_predictor import BEAT_MODEL_KIND, BeatSequencePredictor
+from models.predictor import load_predictor
+from pipeline.beat_pipeline import TAG_KIND, train_beats
+from pipeline.cli import app
+from service.main import create_app
+from service.settings import ServiceSettings
+
+
+@pytest.fixture(scope="module")
+def trained(shared_physionet: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    torch.set_num_threads(1)
+    db = tmp_path_factory.mktemp("beats") / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    result = train_beats(
+        shared_physionet,
+        epochs=1,
+        tracking_uri=uri,
+        mitdb_records=["101", "106", "108"],
+        test_records=["100"],
+        svdb_limit=1,
+    )
+    assert result.version == "1" and result.promoted
+    assert 0.0 <= result.val_macro_f1 <= 1.0 and result.temperature > 0
+    assert {"test_N_se", "test_N_ppv"} <= set(result.test_metrics)
+    return {"uri": uri, "run_id": result.run_id}
+
+
+def test_registered_kind_and_champion(trained: dict[str, str]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=trained["uri"], registry_uri=trained["uri"])
+    mv = client.get_model_version_by_alias("ecg-arrhythmia", "champion")
+    assert mv.tags[TAG_KIND] == BEAT_MODEL_KIND and mv.run_id == trained["run_id"]
+    metrics = client.get_run(trained["run_id"]).data.metrics
+    assert {"test_S_se", "test_N_ppv", "val_macro_f1", "temperature"} <= set(metrics)
+
+
+def test_service_answers_nsv_per_beat(
+    trained: dict[str, str], mitdb_dir: Path, tmp_path: Path
+) -> None:
+    predictor = load_predictor("models:/ecg-arrhythmia@champion", tracking_uri=trained["uri"])
+    assert isinstance(predictor, BeatSequencePredictor)
+    signal, fs, peaks, _ = mitdb_strip(mitdb_dir, "119", start_s=300.0, seconds=10.0)
+    settings = ServiceSettings(
+        mlflow_tracking_uri=trained["uri"],
+        arrhythmia_model="ecg-arrhythmia",
+        heart_disease_model="absent-heart-model",
+        model_alias="champion",
+        reload_interval_s=0.0,
+        api_key=None,
+    )
+    with TestClient(create_app(settings)) as client:
+        r = client.post(
+            "/predict/arrhythmia",
+            json={"fs": fs, "signal": signal.tolist(), "r_peaks": peaks.tolist()},
+        )
+    assert r.status_code == 200, r.text
+    beats = r.json()["beats"]
+    assert [b["sample"] for b in beats] == peaks.tolist()
+    direct = predictor.predict(signal, fs, peaks)
+    assert [b["label"] for b in beats] == direct.labels
+    labelled = [b for b in beats if b["label"] is not None]
+    assert labelled and {b["label"] for b in labelled} <= {"N", "S", "V"}
+    probs = np.array([[b["probabilities"][c] for c in ("N", "S", "V")] for b in labelled])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_flat_line_is_unreadable(trained: dict[str, str]) -> None:
+    predictor = load_predictor("models:/ecg-arrhythmia@champion", tracking_uri=trained["uri"])
+    assert isinstance(predictor, BeatSequencePredictor)
+    out = predictor.predict(np.zeros(3600), 360.0, np.arange(180, 3600, 360))
+    assert all(label is None for label in out.labels)
+
+
+def test_cli_help_states_promotion_rule() -> None:
+    result = CliRunner().invoke(app, ["train-beats", "--help"])
+    assert result.exit_code == 0
+    assert "single-beat" in result.output and "validation" in result.output
+
+
+def test_equal_beat_model_does_not_displace_champion(
+    trained: dict[str, str], shared_physionet: Path
+) -> None:
+    again = train_beats(
+        shared_physionet,
+        epochs=1,
+        tracking_uri=trained["uri"],
+        mitdb_records=["101", "106", "108"],
+        test_records=[],
+        svdb_limit=1,
+    )
+    assert again.version == "2" and not again.promoted  # same seed, same score: ties keep it
