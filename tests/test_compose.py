@@ -291,16 +291,16 @@ def test_trainer_script_trains_everything_once_then_keeps_the_champions(
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     _, calls = _run_trainer(script, tmp_path, tracking_uri)
+    options = ["--epochs", "3", "--register", "--no-progress"]
     assert calls == [
         ["download", "mitdb"],
+        ["download", "svdb"],
         ["download", "ptb-xl"],
         ["prepare", "mitdb"],
         ["prepare", "ptb-xl"],
-        *(
-            ["train", "--dataset", ds, "--cell", m, "--epochs", "3", "--register", "--no-progress"]
-            for ds in ("mitdb", "ptb-xl")
-            for m in ("gru", "lstm")
-        ),
+        *(["train", "--dataset", "mitdb", "--cell", m, *options] for m in ("gru", "lstm")),
+        ["train-beats", "--epochs", "3", "--register"],
+        ["train-record", "--epochs", "3", "--register"],
     ]
 
     # Both champions registered (in a real MLflow store): the next `compose up` trains nothing.
@@ -314,7 +314,7 @@ def test_trainer_script_trains_everything_once_then_keeps_the_champions(
     assert "nothing to do" in out
 
     _, calls = _run_trainer(script, tmp_path, tracking_uri, ECG_RETRAIN="1")
-    assert len(calls) == 8
+    assert len(calls) == 9
 
 
 def test_mlflow_host_allow_list_matches_the_local_stack(compose: dict[str, Any]) -> None:
