@@ -201,7 +201,7 @@ def log_dataset_input(name: str, path: Path | str, digest: str, context: str = "
     from mlflow.data.meta_dataset import MetaDataset
 
     source = resolve_dataset_source(str(Path(path).resolve()))
-    dataset = MetaDataset(source=source, name=name, digest=digest[:36])
+    dataset = MetaDataset(source=source, name=name, digest=digest[:36])  # type: ignore[abstract]
     mlflow.log_input(dataset, context=context)
 
 

@@ -1,0 +1,175 @@
+"""MLflow's own UI on a real store after a real (tiny) training run, in headless Chromium.
+
+The experiment must open on the runs table (not MLflow 3's GenAI overview), list the run with its
+dataset (name and digest), and the saved view must show the key figures as columns. Needs Debian's
+``chromium`` and ``chromium-driver``; skips with the reason when either is missing. The screenshot
+goes to ``$ECG_TEST_ARTIFACTS`` when set, else the test's ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+sys.path.insert(0, str(Path(__file__).parent / "pipeline"))
+from training_data import build_tiny_mitdb
+
+from pipeline.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+from pipeline.train import train
+from pipeline.train_config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+TIMEOUT_S = 40
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def trained_store(
+    shared_physionet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, str, Any]:
+    """A sqlite store holding one finished 1-epoch bi-GRU run on tiny mitdb."""
+    from pipeline.settings import get_settings
+
+    monkeypatch.setenv("ECG_MLFLOW_ARTIFACT_DIR", str(tmp_path / "mlartifacts"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("ECG_MLFLOW_TRACKING_URI", raising=False)
+    get_settings.cache_clear()
+    data = build_tiny_mitdb(shared_physionet, tmp_path / "data")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = TrainConfig(dataset="mitdb").updated(
+        cell="gru", epochs=1, hidden_size=8, batch_size=256, class_per_epoch=300, num_threads=1
+    )
+    result = train(cfg, data_dir=data, tracking_uri=uri, register=False, progress=False)
+    get_settings.cache_clear()
+    run = MlflowClient(tracking_uri=uri).get_run(result.run_id)
+    return uri, run.info.experiment_id, run
+
+
+@pytest.fixture
+def mlflow_ui(trained_store: tuple[str, str, Any], tmp_path: Path) -> Iterator[str]:
+    uri = trained_store[0]
+    port = _free_port()
+    log = (tmp_path / "mlflow-ui.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(url + "health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError((tmp_path / "mlflow-ui.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="ecg-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=3000,900",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)  # fmt: skip
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(TIMEOUT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait_for_text(driver: Any, texts: list[str]) -> str:
+    """The page's visible text once it contains all of ``texts`` (fails after TIMEOUT_S)."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + TIMEOUT_S
+    body = ""
+    while time.monotonic() < deadline:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        if all(t in body for t in texts):
+            return str(body)
+        time.sleep(0.5)
+    raise AssertionError(f"missing {[t for t in texts if t not in body]} in page:\n{body[:3000]}")
+
+
+def test_experiment_opens_on_runs_with_dataset_and_key_figures(
+    trained_store: tuple[str, str, Any], mlflow_ui: str, browser: Any, tmp_path: Path
+) -> None:
+    uri, exp_id, run = trained_store
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment(exp_id)
+    assert exp.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "mitdb"
+    assert inp.dataset.digest == run.data.params["dataset_sha256"][:36]
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+
+    # The link train() logs: the runs table with the run, its dataset and the key figures as
+    # columns, not the GenAI overview (which a fresh browser shows for a plain experiment link).
+    (key,) = [k for k in exp.tags if k.startswith("mlflow.sharedViewState.")]
+    share = key.split(".", 2)[2]
+    link = f"#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey={share}"
+    browser.get(mlflow_ui + link)
+    where = Path(os.environ.get("ECG_TEST_ARTIFACTS") or tmp_path)
+    where.mkdir(parents=True, exist_ok=True)
+    shot = where / "mlflow_ui_runs.png"
+    try:
+        body = _wait_for_text(browser, [run.info.run_name, "Dataset", "mitdb", inp.dataset.digest])
+        assert "/runs" in browser.current_url, browser.current_url
+        assert "Token Usage" not in body and "Tokens per Trace" not in body
+        # The key figures as columns (long headers are cut short on screen: "test_S_precisio").
+        _wait_for_text(browser, ["best_val_macro", "test_N_recall", "test_S_recall", "test_S_prec"])
+    finally:
+        browser.save_screenshot(str(shot))
+        logger.info("screenshot: %s", shot)
