@@ -17,7 +17,7 @@ TORCH_INDEX ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run data train serve test test-all lint bench stack mlflow-ui clean
+.PHONY: install run data train serve test test-all lint bench stack mlflow-ui notebooks clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ serve: install
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+# JupyterLab on notebooks/ (http://127.0.0.1:$(NOTEBOOK_PORT)/lab; the token is in the log line)
+NOTEBOOK_PORT ?= 8888
+notebooks: install
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port $(NOTEBOOK_PORT) --no-browser \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: install
 	$(BIN)/pytest -m "not slow" -n 2
