@@ -236,6 +236,11 @@ def _train(
                     "num_threads": torch.get_num_threads(),
                 }
             )
+            from pipeline.dataset_store import load_dataset
+            from pipeline.tracking import log_dataset_input
+
+            ds = load_dataset(data_dir / "processed" / "ptb-xl", verify=False)
+            log_dataset_input(ds.name, ds.path, ds.content_sha256)
         try:
             result = _loop(ddp, model, train, val, cfg, sampler, opt, scheduler, loss_fn, gen,
                            rank, world, dev)  # fmt: skip
