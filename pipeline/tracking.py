@@ -196,11 +196,15 @@ def log_dataset_input(name: str, path: Path | str, digest: str, context: str = "
     context : str
         The input's role in the run (MLflow's ``mlflow.data.context`` tag).
     """
+    import warnings
+
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = resolve_dataset_source(str(Path(path).resolve()))
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local files
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(path).resolve()))
     dataset = MetaDataset(source=source, name=name, digest=digest[:36])  # type: ignore[abstract]
     mlflow.log_input(dataset, context=context)
 
