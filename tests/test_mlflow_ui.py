@@ -173,3 +173,14 @@ def test_experiment_opens_on_runs_with_dataset_and_key_figures(
     finally:
         browser.save_screenshot(str(shot))
         logger.info("screenshot: %s", shot)
+
+
+def test_experiments_made_before_the_tag_get_it(tmp_path: Path) -> None:
+    from pipeline.tracking import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'old.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    old = client.create_experiment("old", artifact_location=(tmp_path / "art").as_uri())
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
+    assert ensure_experiment("old", uri) == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
