@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
 )
@@ -143,6 +143,7 @@ def _wait_for_text(driver: Any, texts: list[str]) -> str:
     raise AssertionError(f"missing {[t for t in texts if t not in body]} in page:\n{body[:3000]}")
 
 
+@needs_chromium
 def test_experiment_opens_on_runs_with_dataset_and_key_figures(
     trained_store: tuple[str, str, Any], mlflow_ui: str, browser: Any, tmp_path: Path
 ) -> None:
