@@ -27,9 +27,8 @@ import torch
 from models.beat_classifier import BeatClassifier
 from models.beat_context import BeatContextConfig
 from models.beat_sequence import BeatSequenceConfig, BeatSequenceModel
-from models.predictor import ArrhythmiaPredictor, BeatPredictions
-from models.preprocessing import PreprocessConfig, detect_rpeaks
-from models.quality import UNREADABLE, assess_strip
+from models.predictor import ArrhythmiaPredictor, BeatPredictions, beats_to_classify
+from models.preprocessing import PreprocessConfig
 from models.segment import Segment
 from models.tasks import TASK_ARRHYTHMIA, TaskName
 from models.weights import WEIGHTS_FILE, load_weights, save_weights
@@ -208,13 +207,7 @@ class BeatSequencePredictor(ArrhythmiaPredictor):
         out = []
         n_classes = len(self.card.classes)
         for lead, seg in zip(leads, segments, strict=True):
-            quality = assess_strip(lead, seg.fs, seg.r_peaks) if assess_quality else None
-            if quality is not None:
-                peaks = quality.r_peaks
-                keep = quality.readable & (quality.verdict != UNREADABLE)
-            else:
-                peaks = detect_rpeaks(lead, seg.fs) if seg.r_peaks is None else seg.r_peaks
-                keep = np.ones(len(peaks), dtype=bool)
+            peaks, keep, quality = beats_to_classify(lead, seg, assess_quality=assess_quality)
             peaks = np.asarray(peaks, dtype=np.int64)
             rows = np.full((len(peaks), n_classes), np.nan, dtype=np.float32)
             if keep.any():

@@ -46,6 +46,7 @@ __all__ = [
     "BeatPredictions",
     "HeartDiseasePredictor",
     "ModelCard",
+    "beats_to_classify",
     "load_predictor",
     "log_ecg_model",
     "model_from_data_dir",
@@ -293,6 +294,37 @@ class _Predictor:
         return self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
+def beats_to_classify(
+    lead: np.ndarray, segment: Segment, *, assess_quality: bool = True
+) -> tuple[np.ndarray, np.ndarray, StripQuality | None]:
+    """The beats of one lead and which of them may be classified.
+
+    Parameters
+    ----------
+    lead : np.ndarray
+        ``(n_samples,)`` float32 in mV at ``segment.fs`` Hz.
+    segment : Segment
+        Gives the rate and the caller's R peaks, if any.
+    assess_quality : bool
+        Judge the strip first (:func:`models.quality.assess_strip`, whose R peaks are then the
+        beats); when False every beat is classified (scoring on given peaks).
+
+    Returns
+    -------
+    peaks : np.ndarray
+        ``(n_beats,)`` sample indices.
+    keep : np.ndarray
+        ``(n_beats,)`` bool: readable beats of a strip that is not unreadable.
+    quality : StripQuality or None
+    """
+    if not assess_quality:
+        peaks = detect_rpeaks(lead, segment.fs) if segment.r_peaks is None else segment.r_peaks
+        return np.asarray(peaks), np.ones(len(peaks), dtype=bool), None
+    quality = assess_strip(lead, segment.fs, segment.r_peaks)
+    keep = quality.readable & (quality.verdict != UNREADABLE)
+    return quality.r_peaks, keep, quality
+
+
 class ArrhythmiaPredictor(_Predictor):
     """Classify every beat of single-lead ECG segments into AAMI classes."""
 
@@ -348,13 +380,7 @@ class ArrhythmiaPredictor(_Predictor):
         leads = [self.lead_of(seg, i) for i, seg in enumerate(segments)]
         inputs, peaks_list, keep_list, qualities = [], [], [], []
         for lead, seg in zip(leads, segments, strict=True):
-            quality = assess_strip(lead, seg.fs, seg.r_peaks) if assess_quality else None
-            if quality is not None:
-                peaks = quality.r_peaks
-                keep = quality.readable & (quality.verdict != UNREADABLE)
-            else:
-                peaks = detect_rpeaks(lead, seg.fs) if seg.r_peaks is None else seg.r_peaks
-                keep = np.ones(len(peaks), dtype=bool)
+            peaks, keep, quality = beats_to_classify(lead, seg, assess_quality=assess_quality)
             peaks_list.append(peaks)
             keep_list.append(keep)
             qualities.append(quality)
