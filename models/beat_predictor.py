@@ -15,7 +15,6 @@ probabilities come from the whole strip read as a sequence.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from models.predictor import ArrhythmiaPredictor, BeatPredictions, beats_to_clas
 from models.preprocessing import PreprocessConfig
 from models.segment import Segment
 from models.tasks import TASK_ARRHYTHMIA, TaskName
-from models.weights import WEIGHTS_FILE, load_weights, save_weights
+from models.weights import CARD_FILE, WEIGHTS_FILE, load_weights, log_weights_model
 
 __all__ = [
     "BEAT_MODEL_KIND",
@@ -47,7 +46,6 @@ BEAT_MODEL_KIND: Final = "beat-sequence"
 #: The loader module named by the MLmodel file of a beat-sequence model.
 BEAT_PYFUNC_LOADER_MODULE: Final = "models.beat_predictor"
 #: The card inside the model's data directory.
-CARD_FILE: Final = "card.json"
 _PIP_REQUIREMENTS: Final = [
     f"torch=={torch.__version__.split('+')[0]}",
     "numpy",
@@ -142,21 +140,16 @@ def log_beat_model(clf: BeatClassifier, *, name: str = "model") -> Any:
     -------
     mlflow.models.model.ModelInfo
     """
-    import mlflow
 
     card = card_of(clf)
-    with tempfile.TemporaryDirectory(prefix="ecg-beatseq-") as tmp:
-        data = Path(tmp) / "beatseq"
-        data.mkdir()
-        save_weights(clf.model, data / WEIGHTS_FILE)
-        (data / CARD_FILE).write_text(json.dumps(card.to_metadata(), indent=2))
-        return mlflow.pyfunc.log_model(
-            name=name,
-            loader_module=BEAT_PYFUNC_LOADER_MODULE,
-            data_path=str(data),
-            metadata=card.to_metadata(),
-            pip_requirements=_PIP_REQUIREMENTS,
-        )
+    return log_weights_model(
+        clf.model,
+        card.to_metadata(),
+        name=name,
+        loader_module=BEAT_PYFUNC_LOADER_MODULE,
+        data_dir_name="beatseq",
+        pip_requirements=_PIP_REQUIREMENTS,
+    )
 
 
 def beat_classifier_from_data_dir(data_dir: str | Path) -> tuple[BeatClassifier, BeatSequenceCard]:

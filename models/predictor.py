@@ -39,7 +39,7 @@ from models.quality import GOOD, UNREADABLE, StripQuality, Verdict, assess_strip
 from models.recurrent import RecurrentClassifier, RecurrentClassifierConfig
 from models.segment import Segment, SegmentError
 from models.tasks import TASK_ARRHYTHMIA, TaskName
-from models.weights import WEIGHTS_FILE, load_weights, save_weights
+from models.weights import CARD_FILE, WEIGHTS_FILE, load_weights, log_weights_model
 
 __all__ = [
     "ArrhythmiaPredictor",
@@ -59,8 +59,6 @@ logger = logging.getLogger(__name__)
 
 #: The loader module ``mlflow models serve`` imports (by name, from the installed package).
 PYFUNC_LOADER_MODULE: Final = "models.mlflow_pyfunc"
-#: The model card inside a logged model's data directory (next to :data:`WEIGHTS_FILE`).
-CARD_FILE: Final = "card.json"
 #: What ``mlflow models serve`` needs besides this project's installed ``models`` package.
 _PIP_REQUIREMENTS: Final = [
     f"torch=={torch.__version__.split('+')[0]}",
@@ -165,7 +163,6 @@ def log_ecg_model(
     -------
     mlflow.models.model.ModelInfo
     """
-    import mlflow
     from mlflow.models import infer_signature
 
     config = getattr(model, "config", None)
@@ -178,21 +175,16 @@ def log_ecg_model(
     model.eval()
     with torch.inference_mode():
         out = model(torch.from_numpy(example)).numpy()
-    with tempfile.TemporaryDirectory(prefix="ecg-model-") as tmp:
-        data = Path(tmp) / "ecg"  # MLflow stores it as data/ecg/ (the MLmodel file says so)
-        data.mkdir()
-        save_weights(model, data / WEIGHTS_FILE)
-        (data / CARD_FILE).write_text(json.dumps(card.to_metadata(), indent=2))
-        return mlflow.pyfunc.log_model(
-            name=name,
-            loader_module=PYFUNC_LOADER_MODULE,
-            data_path=str(data),
-            signature=infer_signature(example, out),
-            input_example=example,
-            metadata=card.to_metadata(),
-            registered_model_name=registered_model_name,
-            pip_requirements=_PIP_REQUIREMENTS,
-        )
+    return log_weights_model(
+        model,
+        card.to_metadata(),
+        name=name,
+        loader_module=PYFUNC_LOADER_MODULE,
+        signature=infer_signature(example, out),
+        input_example=example,
+        registered_model_name=registered_model_name,
+        pip_requirements=_PIP_REQUIREMENTS,
+    )
 
 
 @dataclass(frozen=True)

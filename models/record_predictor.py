@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from models.predictor import (
-    CARD_FILE,
     HeartDiseasePredictor,
     models_uri_location,
     predictor_from_model_dir,
@@ -39,7 +38,7 @@ from models.record_model import (
     encode_demographics,
     lead_mask,
 )
-from models.weights import WEIGHTS_FILE, load_weights, save_weights
+from models.weights import CARD_FILE, WEIGHTS_FILE, load_weights, log_weights_model
 
 __all__ = [
     "MODEL_KIND",
@@ -309,28 +308,22 @@ def log_record_model(
     -------
     mlflow.models.model.ModelInfo
     """
-    import mlflow
 
     if model.config != card.architecture:
         raise ValueError("the card's architecture differs from the model's config")
-    with tempfile.TemporaryDirectory(prefix="ecg-record-model-") as tmp:
-        data = Path(tmp) / "ecg"  # MLflow stores it as data/ecg/ (the MLmodel file says so)
-        data.mkdir()
-        save_weights(model, data / WEIGHTS_FILE)
-        (data / CARD_FILE).write_text(json.dumps(card.to_metadata(), indent=2))
-        return mlflow.pyfunc.log_model(
-            name=name,
-            loader_module=PYFUNC_LOADER_MODULE,
-            data_path=str(data),
-            metadata=card.to_metadata(),
-            registered_model_name=registered_model_name,
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}",
-                "numpy",
-                "scipy",
-                "safetensors",
-            ],
-        )
+    return log_weights_model(
+        model,
+        card.to_metadata(),
+        name=name,
+        loader_module=PYFUNC_LOADER_MODULE,
+        registered_model_name=registered_model_name,
+        pip_requirements=[
+            f"torch=={torch.__version__.split('+')[0]}",
+            "numpy",
+            "scipy",
+            "safetensors",
+        ],
+    )
 
 
 def record_model_from_data_dir(data_dir: str | Path) -> tuple[RecordModel, RecordModelCard]:

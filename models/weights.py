@@ -8,14 +8,26 @@ its model card names (:mod:`models.predictor`).
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
-__all__ = ["WEIGHTS_FILE", "WeightsError", "load_weights", "save_weights"]
+__all__ = [
+    "CARD_FILE",
+    "WEIGHTS_FILE",
+    "WeightsError",
+    "load_weights",
+    "log_weights_model",
+    "save_weights",
+]
 
 #: File name of the weights inside a logged model's data directory.
 WEIGHTS_FILE = "weights.safetensors"
+#: The model card inside a logged model's data directory (next to :data:`WEIGHTS_FILE`).
+CARD_FILE = "card.json"
 
 
 class WeightsError(ValueError):
@@ -58,3 +70,39 @@ def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
     except RuntimeError as err:
         raise WeightsError(f"{path} does not fit the model card's architecture: {err}") from err
     return module.eval()
+
+
+def log_weights_model(
+    module: nn.Module,
+    card: dict[str, Any],
+    *,
+    name: str,
+    loader_module: str,
+    data_dir_name: str = "ecg",
+    **log_model_kwargs: Any,
+) -> Any:
+    """Log ``module`` into the active MLflow run as weights + card, with no pickle and no code.
+
+    The data directory (``data/<data_dir_name>/`` in the logged model) holds
+    :data:`WEIGHTS_FILE` and :data:`CARD_FILE`; ``loader_module`` is the installed module MLflow
+    imports by name to load it. ``log_model_kwargs`` go to ``mlflow.pyfunc.log_model``
+    (signature, input example, pip requirements, registered model name).
+
+    Returns
+    -------
+    mlflow.models.model.ModelInfo
+    """
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="ecg-model-") as tmp:
+        data = Path(tmp) / data_dir_name  # MLflow keeps the name (the MLmodel file says so)
+        data.mkdir()
+        save_weights(module, data / WEIGHTS_FILE)
+        (data / CARD_FILE).write_text(json.dumps(card, indent=2))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            loader_module=loader_module,
+            data_path=str(data),
+            metadata=card,
+            **log_model_kwargs,
+        )
