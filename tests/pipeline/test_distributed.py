@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from training_data import build_tiny_ptbxl, ptbxl_ids_by_fold
 
 from pipeline.dataset_store import load_dataset
-from pipeline.datasets import prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,20 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny_ptbxl(ptbxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<data>/processed/ptb-xl`` built from 36 training and 16 fold-9 records of the mirror."""
     data = tmp_path_factory.mktemp("ddp-data")
-    src = data / "raw" / "ptb-xl" / "1.0.1"
-    (src / "records100" / "00000").mkdir(parents=True)
-    for name in ("ptbxl_database.csv", "scp_statements.csv"):
-        os.symlink(ptbxl_dir / name, src / name)
-    db = pd.read_csv(ptbxl_dir / "ptbxl_database.csv", index_col="ecg_id")
-    db = db[db.index < 1000]
-    db = db[[(ptbxl_dir / f"{f}.hea").is_file() for f in db["filename_lr"]]]
-    chosen = list(db.index[db["strat_fold"] <= 8][:36]) + list(db.index[db["strat_fold"] == 9][:16])
-    for ecg_id in chosen:
-        for ext in ("hea", "dat"):
-            name = f"{ecg_id:05d}_lr.{ext}"
-            os.symlink(ptbxl_dir / "records100" / "00000" / name, src / "records100/00000" / name)
-    prepare_dataset("ptb-xl", raw_root=data / "raw", processed_root=data / "processed", workers=1)
-    return data
+    shared = ptbxl_dir.parents[1]
+    return build_tiny_ptbxl(shared, data, ptbxl_ids_by_fold(shared, n_train=36, n_val=16))
 
 
 def test_torchrun_two_cpu_processes_log_one_loadable_model(

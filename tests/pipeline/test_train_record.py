@@ -5,36 +5,22 @@ Real PTB-XL records of the mirror (a few dozen, one epoch): this checks the path
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from training_data import build_tiny_ptbxl, ptbxl_ids_by_fold
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.datasets import prepare_dataset
 
 
 @pytest.fixture(scope="module")
 def tiny_ptbxl_with_test(ptbxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<data>`` with raw/ptb-xl (symlinks) and processed/ptb-xl of 30 + 12 + 12 records."""
     data = tmp_path_factory.mktemp("record-data")
-    src = data / "raw" / "ptb-xl" / "1.0.1"
-    (src / "records100" / "00000").mkdir(parents=True)
-    for name in ("ptbxl_database.csv", "scp_statements.csv"):
-        os.symlink(ptbxl_dir / name, src / name)
-    db = pd.read_csv(ptbxl_dir / "ptbxl_database.csv", index_col="ecg_id")
-    db = db[db.index < 1000]
-    db = db[[(ptbxl_dir / f"{f}.hea").is_file() for f in db["filename_lr"]]]
-    fold = db["strat_fold"]
-    chosen = [*db.index[fold <= 8][:30], *db.index[fold == 9][:12], *db.index[fold == 10][:12]]
-    for ecg_id in chosen:
-        for ext in ("hea", "dat"):
-            name = f"{ecg_id:05d}_lr.{ext}"
-            os.symlink(ptbxl_dir / "records100" / "00000" / name, src / "records100/00000" / name)
-    prepare_dataset("ptb-xl", raw_root=data / "raw", processed_root=data / "processed", workers=1)
-    return data
+    shared = ptbxl_dir.parents[1]
+    ids = ptbxl_ids_by_fold(shared, n_train=30, n_val=12, n_test=12)
+    return build_tiny_ptbxl(shared, data, ids)
 
 
 def test_train_record_registers_a_loadable_champion(

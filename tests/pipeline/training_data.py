@@ -12,7 +12,10 @@ dataset exactly as ``ecg prepare`` does:
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
+
+import pandas as pd
 
 from pipeline.datasets import prepare_dataset
 
@@ -32,14 +35,28 @@ def build_tiny_mitdb(shared: Path, root: Path) -> Path:
     return root
 
 
-def build_tiny_ptbxl(shared: Path, root: Path) -> Path:
-    """``root/processed/ptb-xl`` from ecg_id 1-100; returns ``root`` (the data dir)."""
+def ptbxl_ids_by_fold(shared: Path, n_train: int, n_val: int, n_test: int = 0) -> list[int]:
+    """The first ``n`` on-disk records (ecg_id < 1000) of folds 1-8, 9 and 10, in that order."""
+    table = shared / "ptb-xl" / "1.0.1"
+    db = pd.read_csv(table / "ptbxl_database.csv", index_col="ecg_id")
+    db = db[db.index < 1000]
+    db = db[[(table / f"{f}.hea").is_file() for f in db["filename_lr"]]]
+    fold = db["strat_fold"]
+    return [
+        *db.index[fold <= 8][:n_train],
+        *db.index[fold == 9][:n_val],
+        *db.index[fold == 10][:n_test],
+    ]
+
+
+def build_tiny_ptbxl(shared: Path, root: Path, ids: Iterable[int] = PTBXL_TINY_IDS) -> Path:
+    """``root/processed/ptb-xl`` from the records ``ids`` (default 1-100); returns ``root``."""
     src = shared / "ptb-xl" / "1.0.1"
     raw = root / "raw" / "ptb-xl" / "1.0.1"
     (raw / "records100" / "00000").mkdir(parents=True, exist_ok=True)
     for name in ("ptbxl_database.csv", "scp_statements.csv"):
         (raw / name).symlink_to(src / name)
-    for i in PTBXL_TINY_IDS:
+    for i in ids:
         for ext in ("hea", "dat"):
             rel = Path("records100") / "00000" / f"{i:05d}_lr.{ext}"
             (raw / rel).symlink_to(src / rel)
