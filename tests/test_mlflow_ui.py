@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,15 +28,10 @@ from training_data import build_tiny_mitdb
 from pipeline.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 from pipeline.train import train
 from pipeline.train_config import TrainConfig
+from tests.browser import headless_chromium, needs_chromium
 
 logger = logging.getLogger(__name__)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-)
 TIMEOUT_S = 40
 
 
@@ -101,32 +94,8 @@ def mlflow_ui(trained_store: tuple[str, str, Any], tmp_path: Path) -> Iterator[s
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="ecg-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=3000,900",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)  # fmt: skip
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(TIMEOUT_S)
-    try:
+    with headless_chromium("3000,900", TIMEOUT_S) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _wait_for_text(driver: Any, texts: list[str]) -> str:
