@@ -1,4 +1,5 @@
-"""Tests of pipeline.noise_stress: nst's SNR definition and protocol, on real mitdb and nstdb."""
+"""Tests of pipeline.noise_stress (nst's SNR definition and protocol) and of the noise stress
+bench's per-class path (bench.noise_stress), on real mitdb and nstdb records."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from bench.noise_stress import CLEAN, SCORED_CLASSES, main, stress_record, summarise_stress
+from models.beat_classifier import BeatClassifier
+from models.beat_context import RELATIVE_FEATURE_NAMES
+from models.beat_predictor import BeatSequencePredictor, card_of
+from models.beat_sequence import BeatSequenceConfig, BeatSequenceModel
+from models.predictor import BeatPredictions
 from pipeline.errors import UserError
 from pipeline.noise_stress import (
     add_noise,
@@ -110,3 +118,70 @@ def test_noise_at_another_rate_is_resampled(nstdb_dir: Path) -> None:
 def test_unknown_noise_type(nstdb_dir: Path) -> None:
     with pytest.raises(UserError, match="unknown noise type 'xx'"):
         read_noise(nstdb_dir, "xx")
+
+
+# --------------------------------------------------------------------------- per-class bench
+class _Counting:
+    """The service's beat-sequence predictor (tiny, untrained weights), counting its calls."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        cfg = BeatSequenceConfig(
+            cell="lstm",
+            feature_names=RELATIVE_FEATURE_NAMES,
+            conv_channels=4,
+            embed_size=8,
+            hidden_size=8,
+        )
+        clf = BeatClassifier(model=BeatSequenceModel(cfg).eval())
+        self.inner = BeatSequencePredictor(clf, card_of(clf))
+        self.calls: list[tuple[int, bool]] = []
+
+    def predict(
+        self, signal: np.ndarray, fs: float, r_peaks: np.ndarray | None = None
+    ) -> BeatPredictions:
+        self.calls.append((signal.shape[0], r_peaks is None))
+        return self.inner.predict(signal, fs, r_peaks)
+
+
+def test_classified_beats_add_up_per_class(mitdb_dir: Path, nstdb_dir: Path) -> None:
+    """Record 119 (V bigeminy) with `ma` at 6 dB, four strips, through the service's predictor:
+    every classified beat is counted once, under its reference class or as a false beat."""
+    torch.set_num_threads(1)
+    predictor = _Counting()
+    (row,) = stress_record(
+        mitdb_dir / "119", nstdb_dir, "ma", [6.0], predictor=predictor, max_strips=4
+    )
+    (clean,) = stress_record(
+        mitdb_dir / "119", nstdb_dir, CLEAN, [6.0], predictor=predictor, max_strips=4
+    )
+    assert row["strips"] == clean["strips"] == 4
+    assert predictor.calls == [(3600, True)] * 8  # 10-s strips at 360 Hz, peaks detected
+    assert row["ref"] == clean["ref"] > 30 and clean["snr_db"] is None
+    for r in (row, clean):
+        conf, by_class = r["confusion"], r["ref_by_class"]
+        assert sum(by_class.values()) == r["ref"]
+        assert by_class.get("V", 0) > 5  # 119's bigeminy: F would count here too
+        assert set(conf) <= {*SCORED_CLASSES, "Q", "O"}
+        assert {said for cells in conf.values() for said in cells} <= set(SCORED_CLASSES)
+        matched = sum(sum(cells.values()) for t, cells in conf.items() if t != "O")
+        assert matched == r["tp"] and sum(conf.get("O", {}).values()) == r["fp"]
+        assert r["tp"] + r["excluded"] == r["tp_all"] <= r["ref"]
+    assert clean["tp"] >= row["tp"] and clean["fp"] <= row["fp"]
+    (summary,) = summarise_stress([row])
+    conf = row["confusion"]
+    n_as_n, n_all = conf.get("N", {}).get("N", 0), sum(conf.get("N", {}).values())
+    assert summary["N_se"] == pytest.approx(100.0 * n_as_n / n_all)
+    said_v = sum(conf.get(t, {}).get("V", 0) for t in ("N", "S", "V", "O"))
+    if said_v:
+        assert summary["V_ppv"] == pytest.approx(100.0 * conf.get("V", {}).get("V", 0) / said_v)
+
+
+def test_cli_refuses_a_model_it_cannot_load(
+    tmp_path: Path, shared_physionet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["stress", "--raw-root", str(shared_physionet), "--classify", str(tmp_path),
+              "--records", "118"])  # fmt: skip
+    assert exc.value.code == 2
+    assert "cannot load the model" in capsys.readouterr().err
