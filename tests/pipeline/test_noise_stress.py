@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from bench.noise_stress import CLEAN, SCORED_CLASSES, main, stress_record, summarise_stress
+from bench.noise_stress import (
+    CLEAN,
+    MD_BEGIN,
+    SCORED_CLASSES,
+    main,
+    stress_record,
+    summarise_stress,
+    write_markdown,
+)
 from models.beat_classifier import BeatClassifier
 from models.beat_context import RELATIVE_FEATURE_NAMES
 from models.beat_predictor import BeatSequencePredictor, card_of
@@ -144,7 +152,9 @@ class _Counting:
         return self.inner.predict(signal, fs, r_peaks)
 
 
-def test_classified_beats_add_up_per_class(mitdb_dir: Path, nstdb_dir: Path) -> None:
+def test_classified_beats_add_up_per_class(
+    mitdb_dir: Path, nstdb_dir: Path, tmp_path: Path
+) -> None:
     """Record 119 (V bigeminy) with `ma` at 6 dB, four strips, through the service's predictor:
     every classified beat is counted once, under its reference class or as a false beat."""
     torch.set_num_threads(1)
@@ -175,6 +185,15 @@ def test_classified_beats_add_up_per_class(mitdb_dir: Path, nstdb_dir: Path) -> 
     said_v = sum(conf.get(t, {}).get("V", 0) for t in ("N", "S", "V", "O"))
     if said_v:
         assert summary["V_ppv"] == pytest.approx(100.0 * conf.get("V", {}).get("V", 0) / said_v)
+    # the markdown tables replace their own block and leave the prose alone
+    md = tmp_path / "NOISE_STRESS.md"
+    md.write_text("# Title\n\nprose\n")
+    groups = [{"records": ["119"], "summary": summarise_stress([clean, row])}]
+    write_markdown(md, groups, "first")
+    write_markdown(md, groups, "second")
+    text = md.read_text()
+    assert text.startswith("# Title\n\nprose\n") and text.count(MD_BEGIN) == 1
+    assert "second" in text and "first" not in text and "| ma | 6 |" in text
 
 
 def test_cli_refuses_a_model_it_cannot_load(
