@@ -49,14 +49,17 @@ from models.beat_context import RELATIVE_FEATURE_NAMES
 from models.beat_sequence import BeatSequenceConfig, BeatSequenceModel
 from models.labels import AAMI_CLASSES
 from pipeline.beat_sequences import (
+    N_FOLDS,
     BeatSequences,
     build_sequences,
     concat_sequences,
     ds1_records,
+    make_folds,
     svdb_records,
 )
 from pipeline.beat_train import (
     BeatTrainConfig,
+    choose_decision_rule,
     expected_calibration_error,
     fit_temperature,
     per_class_scores,
@@ -70,7 +73,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATA_DIR = RESULTS / "beatseq"
 SEGMENTATIONS = ("mixed", "10", "300")
 EVAL_SEGMENTATIONS = ("10", "300")
-N_FOLDS = 5
 CLASSES = ("N", "S", "V")
 
 _REL = RELATIVE_FEATURE_NAMES
@@ -117,32 +119,6 @@ def cmd_build(raw_root: Path) -> None:
             np.bincount(d.label[d.label >= 0]).tolist(),
             time.perf_counter() - t0,
         )
-
-
-def make_folds(data: BeatSequences, n_folds: int = N_FOLDS) -> dict[str, int]:
-    """Record -> fold, grouped by record and stratified by S and V content.
-
-    Records are put in three strata (at least 20 S beats; else at least 20 V beats; the rest),
-    each sorted by its S (V, size) count and dealt to the folds in snake order (0..4, 4..0, ...),
-    so every fold gets S patients of every size and about the same number of records.
-    """
-    rows = []
-    for r in np.unique(data.record):
-        lab = data.label[data.record == r]
-        rows.append((str(r), int((lab == 1).sum()), int((lab == 2).sum()), int(lab.size)))
-    strata = [
-        sorted((x for x in rows if x[1] >= 20), key=lambda x: (-x[1], x[0])),
-        sorted((x for x in rows if x[1] < 20 and x[2] >= 20), key=lambda x: (-x[2], x[0])),
-        sorted((x for x in rows if x[1] < 20 and x[2] < 20), key=lambda x: (-x[3], x[0])),
-    ]
-    folds: dict[str, int] = {}
-    i = 0
-    for stratum in strata:
-        for x in stratum:
-            cycle, pos = divmod(i, n_folds)
-            folds[x[0]] = pos if cycle % 2 == 0 else n_folds - 1 - pos
-            i += 1
-    return folds
 
 
 def _scores_prefixed(labels: np.ndarray, pred: np.ndarray, prefix: str) -> dict[str, float]:
@@ -285,24 +261,6 @@ def _oof(name: str) -> tuple[np.ndarray, np.ndarray]:
                 zs.append(z[f"logits_{seg}"])
                 ys.append(z[f"label_{seg}"])
     return np.concatenate(zs), np.concatenate(ys)
-
-
-def choose_decision_rule(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Log-offsets added to log P(S) and log P(V) before the argmax, chosen on validation.
-
-    Grid over [-2, 2] in steps of 0.25 for each; the pair with the best macro-F1 (N, S, V) over
-    the pooled out-of-fold beats wins (ties keep the smaller offsets; (0, 0) is the argmax).
-    """
-    lp = np.log(np.maximum(probs, 1e-12))
-    grid = sorted(np.arange(-2.0, 2.01, 0.25), key=abs)
-    best, best_pair = -1.0, (0.0, 0.0)
-    for bs in grid:
-        for bv in grid:
-            pred = (lp + np.array([0.0, bs, bv])).argmax(1)
-            f = per_class_scores(labels, pred, CLASSES)["macro_f1"]
-            if f > best + 1e-9:
-                best, best_pair = f, (float(bs), float(bv))
-    return best_pair
 
 
 _ROWS = ("N", "S", "V", "F")  # true AAMI classes scored; row 4: detections matching no beat

@@ -38,12 +38,14 @@ from pipeline.records import MITDB_LEAD, RecordError, read_annotations, read_rec
 
 __all__ = [
     "LABEL_CLASSES",
+    "N_FOLDS",
     "SVDB_LEAD",
     "BeatSequences",
     "build_sequences",
     "concat_sequences",
     "ds1_records",
     "ds2_records",
+    "make_folds",
     "record_beats",
     "svdb_records",
 ]
@@ -61,6 +63,9 @@ SVDB_LEAD = "ECG1"
 _SYMBOL_TO_AAMI = MITDB_SYMBOL_TO_AAMI
 
 Segmentation = str  # "mixed" or a strip length in seconds, e.g. "10", "300"
+
+#: Patient-grouped folds over DS1 + svdb (bench/BEAT_RESEARCH.md); train-beats holds one out.
+N_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -265,3 +270,41 @@ def build_sequences(
         )
         logger.info("%s/%s: %d beats, %d strips", db, record, label.shape[0], len(w_list))
     return concat_sequences(parts)
+
+
+def make_folds(data: BeatSequences, n_folds: int = N_FOLDS) -> dict[str, int]:
+    """Record -> fold, grouped by record (one record = one patient), stratified by S and V content.
+
+    Records are put in three strata (at least 20 S beats; else at least 20 V beats; the rest),
+    each sorted by its S (V, size) count and dealt to the folds in snake order (0..4, 4..0, ...),
+    so every fold gets S patients of every size and about the same number of records. Over DS1 +
+    the 52 svdb records of the mirror each of the 5 folds holds 14-15 records and 9-10 S patients.
+
+    Parameters
+    ----------
+    data : BeatSequences
+        Beats of every record to deal (``record`` and ``label`` are read).
+    n_folds : int
+
+    Returns
+    -------
+    dict of str to int
+        ``"<db>/<record>"`` -> fold in ``range(n_folds)``.
+    """
+    rows = []
+    for r in np.unique(data.record):
+        lab = data.label[data.record == r]
+        rows.append((str(r), int((lab == 1).sum()), int((lab == 2).sum()), int(lab.size)))
+    strata = [
+        sorted((x for x in rows if x[1] >= 20), key=lambda x: (-x[1], x[0])),
+        sorted((x for x in rows if x[1] < 20 and x[2] >= 20), key=lambda x: (-x[2], x[0])),
+        sorted((x for x in rows if x[1] < 20 and x[2] < 20), key=lambda x: (-x[3], x[0])),
+    ]
+    folds: dict[str, int] = {}
+    i = 0
+    for stratum in strata:
+        for x in stratum:
+            cycle, pos = divmod(i, n_folds)
+            folds[x[0]] = pos if cycle % 2 == 0 else n_folds - 1 - pos
+            i += 1
+    return folds

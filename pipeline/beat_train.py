@@ -3,8 +3,9 @@ and score.
 
 Training reads windows of ``seq_len`` consecutive beats inside each strip (a new random phase every
 epoch, so the model meets every beat at every position of a window), cross-entropy on labelled
-beats only, optional class weights. No early stopping on the data being scored: the epoch count is
-part of the recipe.
+beats only, optional class weights. The epoch count is part of the recipe; a caller that holds
+validation patients out can score every epoch through ``on_epoch`` and stop early (it returns True),
+as ``ecg train-beats`` does.
 """
 
 from __future__ import annotations
@@ -21,15 +22,19 @@ from torch import nn
 
 from models.beat_context import CONTEXT_FEATURE_NAMES
 from models.beat_sequence import BeatSequenceConfig, BeatSequenceModel, model_inputs
-from pipeline.beat_sequences import BeatSequences
+from pipeline.beat_sequences import LABEL_CLASSES, BeatSequences
 
 __all__ = [
+    "DECISION_OFFSET_GRID",
     "BeatTrainConfig",
+    "choose_decision_rule",
     "class_weights",
+    "decide",
     "expected_calibration_error",
     "fit_temperature",
     "per_class_scores",
     "predict_logits",
+    "softmax",
     "train_beat_model",
 ]
 
@@ -131,7 +136,7 @@ def train_beat_model(
     model_cfg: BeatSequenceConfig,
     train_cfg: BeatTrainConfig,
     data: BeatSequences,
-    on_epoch: Callable[[int, BeatSequenceModel, float], None] | None = None,
+    on_epoch: Callable[[int, BeatSequenceModel, float], bool | None] | None = None,
 ) -> BeatSequenceModel:
     """Train a model on ``data`` (all of it: hold validation records out before calling).
 
@@ -141,7 +146,8 @@ def train_beat_model(
     train_cfg : BeatTrainConfig
     data : BeatSequences
     on_epoch : callable, optional
-        Called after every epoch as ``on_epoch(epoch, model, mean_train_loss)``.
+        Called after every epoch as ``on_epoch(epoch, model, mean_train_loss)`` (model in eval
+        mode); training stops early when it returns True.
 
     Returns
     -------
@@ -164,8 +170,14 @@ def train_beat_model(
     n_steps = train_cfg.epochs * int(
         np.ceil(len(_chunks(ranges, train_cfg.seq_len, None)) / train_cfg.batch_size)
     )
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=train_cfg.lr, total_steps=max(n_steps, 1), pct_start=0.1
+    # One-cycle schedule; a run of under 20 steps (tiny test data) keeps the rate constant, as
+    # OneCycleLR divides by zero when its 10% warm-up rounds to a single step.
+    sched = (
+        torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=train_cfg.lr, total_steps=n_steps, pct_start=0.1
+        )
+        if n_steps >= 20
+        else None
     )
     step = 0
     for epoch in range(train_cfg.epochs):
@@ -182,7 +194,7 @@ def train_beat_model(
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            if step < n_steps:
+            if sched is not None and step < n_steps:
                 sched.step()
             step += 1
             total += float(loss.detach()) * len(ln)
@@ -191,8 +203,10 @@ def train_beat_model(
         logger.info(
             "epoch %d: loss %.4f (%.1f s)", epoch + 1, total / max(n, 1), time.perf_counter() - t0
         )
-        if on_epoch is not None:
-            on_epoch(epoch + 1, model, total / max(n, 1))
+        if on_epoch is not None and on_epoch(epoch + 1, model, total / max(n, 1)) is True:
+            logger.info("stopped after epoch %d", epoch + 1)
+            break
+    model.eval()
     return model
 
 
@@ -225,6 +239,11 @@ def predict_logits(
         for j, (s, e) in enumerate(sel.tolist()):
             out[s:e] = logits[j, : e - s]
     return out
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits ``(n, k)``, float64."""
+    return _softmax(np.asarray(z, dtype=np.float64))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -308,3 +327,46 @@ def per_class_scores(
         f1s.append(f1)
     out["macro_f1"] = float(np.nanmean(f1s))
     return out
+
+
+#: The research's decision-rule grid: log-offsets -2 .. 2 in steps of 0.25 (bench/BEAT_RESEARCH.md).
+DECISION_OFFSET_GRID: tuple[float, ...] = tuple(float(x) for x in np.arange(-2.0, 2.01, 0.25))
+
+
+def decide(probs: np.ndarray, offsets: tuple[float, float]) -> np.ndarray:
+    """Class index per beat: argmax of ``log P + (0, offset_S, offset_V)``, int64 ``(n,)``.
+
+    The rule :meth:`models.beat_classifier.BeatClassifier.decide` applies with
+    ``decision_offsets={"S": offsets[0], "V": offsets[1]}``; ``probs`` is ``(n, 3)`` (N, S, V).
+    """
+    lp = np.log(np.maximum(probs, 1e-12))
+    return (lp + np.array([0.0, offsets[0], offsets[1]])).argmax(axis=1)
+
+
+def choose_decision_rule(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Log-offsets added to log P(S) and log P(V) before the argmax, chosen on validation.
+
+    Grid :data:`DECISION_OFFSET_GRID` (-2 .. 2, step 0.25) for each; the pair with the best
+    macro-F1 (N, S, V) over the given validation beats wins (ties keep the smaller offsets;
+    (0, 0) is the argmax).
+
+    Parameters
+    ----------
+    probs : np.ndarray
+        Calibrated probabilities ``(n, 3)`` (N, S, V) of validation beats.
+    labels : np.ndarray
+        int ``(n,)`` in 0..2, -1 for unlabelled beats (ignored).
+
+    Returns
+    -------
+    tuple of float
+        ``(offset_S, offset_V)``.
+    """
+    grid = sorted(DECISION_OFFSET_GRID, key=abs)
+    best, best_pair = -1.0, (0.0, 0.0)
+    for bs in grid:
+        for bv in grid:
+            f = per_class_scores(labels, decide(probs, (bs, bv)), LABEL_CLASSES)["macro_f1"]
+            if f > best + 1e-9:
+                best, best_pair = f, (float(bs), float(bv))
+    return best_pair

@@ -166,7 +166,9 @@ _TRAIN_RUN_OPTIONS: list[inspect.Parameter] = [
         str, typer.Option(help="A catalogue dataset: mitdb (AAMI beats), ptb-xl (superclasses).")
     ]),
     inspect.Parameter("register", _KW, default=True, annotation=Annotated[
-        bool, typer.Option(help="Register the model; move @champion only if it is better.")
+        bool, typer.Option(help="Register the model; move @champion only if it is better on the "
+                           "same validation set (a single-beat model never displaces a "
+                           "beat-sequence champion).")
     ]),
     inspect.Parameter("data_dir", _KW, default=None, annotation=Annotated[
         Path | None, typer.Option(help="Holds processed/<dataset>/ (default: ECG_DATA_DIR).")
@@ -329,14 +331,25 @@ def train_record(
 
 @app.command("train-beats")
 def train_beats(
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over DS1 + svdb.")] = 6,
+    epochs: Annotated[int, typer.Option(min=1, help="Most passes over DS1 + svdb.")] = 6,
+    patience: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Stop after this many epochs without a better validation macro-F1 (0: never).",
+        ),
+    ] = 3,
+    val_fold: Annotated[
+        int, typer.Option(min=0, help="Patient-grouped fold (of 5 over DS1 + svdb) to validate on.")
+    ] = 0,
     seed: Annotated[int, typer.Option()] = 0,
     register: Annotated[
         bool,
         typer.Option(
-            help="Register as ecg-arrhythmia and move @champion: a beat-sequence model replaces a "
-            "single-beat champion; between beat-sequence models the higher validation macro-F1 "
-            "wins."
+            help="Register as ecg-arrhythmia and move @champion by the registry's rule: a "
+            "beat-sequence model outranks a single-beat champion; between beat-sequence models on "
+            "the same validation set the higher validation macro-F1 wins (ties keep the champion); "
+            "on a different validation set the champion stays (`ecg promote --force` overrides)."
         ),
     ] = True,
     num_threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
@@ -351,8 +364,10 @@ def train_beats(
 ) -> None:
     """Train the beat-sequence model (LSTM over each strip's beats) on MIT-BIH DS1 + svdb.
 
-    Validation: every fifth DS1 record (patients apart) sets the temperature and the selection
-    metric; DS2 is read once at the end and logged (per-class precision and recall).
+    Validation: one of 5 patient-grouped folds over DS1 + svdb (whole patients, several with S
+    beats) picks the epoch, fits the temperature and the S/V decision offsets (saved in the model
+    card) and gives the selection metric (validation macro-F1 as served). DS2 is read once at the
+    end and logged (per-class precision and recall).
     """
     import torch
 
@@ -364,6 +379,8 @@ def train_beats(
         result = run_train_beats(
             root,
             epochs=epochs,
+            patience=patience or None,
+            val_fold=val_fold,
             seed=seed,
             register=register,
             experiment=experiment,
@@ -371,12 +388,24 @@ def train_beats(
         )
     except _tracking_errors() as err:
         raise _fail(err) from None
-    typer.echo(f"run {result.run_id}: val_macro_f1 {result.val_macro_f1:.4f}")
+    off = ", ".join(f"{k} {v:+.2f}" for k, v in result.decision_offsets.items())
+    typer.echo(
+        f"run {result.run_id}: best epoch {result.best_epoch}, val_macro_f1 "
+        f"{result.val_macro_f1:.4f} (temperature {result.temperature:.2f}; offsets {off})"
+    )
+    pooled = [
+        f"{k.removeprefix('val_pooled_')} {v:.3f}"
+        for k, v in result.val_metrics.items()
+        if k.startswith("val_pooled_") and k.endswith(("_se", "_ppv"))
+    ]
+    typer.echo("validation: " + ", ".join(pooled))
     if result.test_metrics:
         shown = {k: v for k, v in result.test_metrics.items() if k.endswith(("_se", "_ppv"))}
-        typer.echo("test: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+        typer.echo("test (DS2): " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
     if result.version is not None:
-        typer.echo(f"registered ecg-arrhythmia v{result.version}; champion: {result.promoted}")
+        typer.echo(f"registered ecg-arrhythmia v{result.version}")
+        if result.decision is not None:
+            typer.echo(result.decision.summary())
 
 
 # --------------------------------------------------------------------------- registry
@@ -391,7 +420,12 @@ def register(
     ] = True,
     tracking_uri: Annotated[str | None, typer.Option()] = None,
 ) -> None:
-    """Register the model of a training run in the MLflow Model Registry."""
+    """Register the model of a training run in the MLflow Model Registry.
+
+    Promotion rule (any kind): a beat-sequence model outranks a single-beat one; the same kind on
+    the same validation set wins on a strictly higher selection metric (ties keep the champion);
+    different validation sets or metrics are not compared (the champion stays).
+    """
     from pipeline.registry import register_run
 
     try:
@@ -412,7 +446,12 @@ def promote(
     force: Annotated[bool, typer.Option(help="Move @champion even if it is not better.")] = False,
     tracking_uri: Annotated[str | None, typer.Option()] = None,
 ) -> None:
-    """Move @champion to a version if it beats the current champion on validation (or --force)."""
+    """Move @champion to a version if it beats the champion by the registry's rule (or --force).
+
+    A beat-sequence model outranks a single-beat one; the same kind on the same validation set
+    wins on a strictly higher selection metric (ties keep the champion); versions on different
+    validation sets are not compared. --force moves the alias without comparing.
+    """
     from pipeline.registry import promote as promote_version
 
     try:

@@ -135,8 +135,10 @@ def train(
     tracking_uri : str, optional
         Overrides :func:`pipeline.tracking.resolve_tracking_uri`.
     register : bool
-        Register the model (the task's registered-model name) and move ``champion`` to it if it
-        beats the current champion on the validation metric.
+        Register the model (the task's registered-model name) and move ``champion`` per
+        :mod:`pipeline.registry`'s rule: only past a champion of the same kind measured on the
+        same validation set with a lower validation metric (a single-beat model never displaces
+        a beat-sequence champion).
     progress : bool
         Show a tqdm bar per epoch.
     callbacks : sequence of callables

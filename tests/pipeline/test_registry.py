@@ -7,13 +7,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 from training_data import build_tiny_mitdb
 from typer.testing import CliRunner
 
+from models.beat_predictor import BEAT_MODEL_KIND
+from models.record_predictor import MODEL_KIND as RECORD_MODEL_KIND
+from pipeline.beat_pipeline import BeatTrainResult, train_beats
 from pipeline.cli import app
 from pipeline.errors import UserError
-from pipeline.registry import CHAMPION_ALIAS, promote, register_run
+from pipeline.registry import (
+    CHAMPION_ALIAS,
+    KIND_BEAT_SEQUENCE,
+    KIND_RANK,
+    KIND_RECORD,
+    KIND_SINGLE_BEAT,
+    TAG_KIND,
+    TAG_VALIDATION_SET,
+    promote,
+    register_run,
+)
 from pipeline.settings import get_settings
 from pipeline.tracking import DEFAULT_TRACKING_URI, ensure_experiment, resolve_tracking_uri
 from pipeline.train import TrainingInterrupted, train
@@ -102,6 +116,93 @@ def test_champion_moves_only_on_a_better_candidate(runs: Runs) -> None:
     )
     assert res.exit_code == 0 and "forced" in res.output
     assert _champion(client, name) == "3"
+
+
+# --------------------------------------------------------------------------- model kinds
+#: Tiny beat-sequence trainings: 3 DS1 + 2 svdb patients in two folds, one epoch, no registration.
+BEATS_TINY: dict[str, object] = {
+    "epochs": 1,
+    "n_folds": 2,
+    "mitdb_records": ["101", "106", "209"],
+    "svdb_limit": 2,
+    "test_records": [],
+    "register": False,
+}
+
+
+@dataclass
+class BeatRuns:
+    low: BeatTrainResult  # the lower val_macro_f1 of two seeds on validation fold 0
+    high: BeatTrainResult  # the higher one, same validation set
+    other_fold: BeatTrainResult  # validated on fold 1: another validation set
+
+
+@pytest.fixture(scope="module")
+def beat_runs(runs: Runs, shared_physionet: Path) -> BeatRuns:
+    """Three real beat-sequence training runs in the same store as the single-beat ones."""
+    torch.set_num_threads(1)
+    pair = sorted(
+        (train_beats(shared_physionet, tracking_uri=runs.uri, seed=s, **BEATS_TINY)
+         for s in (0, 1)),
+        key=lambda r: r.val_macro_f1,
+    )  # fmt: skip
+    other = train_beats(shared_physionet, tracking_uri=runs.uri, val_fold=1, **BEATS_TINY)
+    return BeatRuns(pair[0], pair[1], other)
+
+
+def test_kind_names_match_the_model_cards() -> None:
+    assert KIND_BEAT_SEQUENCE == BEAT_MODEL_KIND and KIND_RECORD == RECORD_MODEL_KIND
+    assert KIND_RANK[KIND_BEAT_SEQUENCE] > KIND_RANK[KIND_SINGLE_BEAT]
+
+
+def test_single_beat_never_displaces_a_beat_sequence_champion(
+    runs: Runs, beat_runs: BeatRuns
+) -> None:
+    name = "ecg-arrhythmia-kinds"
+    client = MlflowClient(tracking_uri=runs.uri)
+    first = register_run(beat_runs.low.run_id, model_name=name, tracking_uri=runs.uri)
+    assert first.decision.promoted and _champion(client, name) == "1"
+    mv = client.get_model_version(name, "1")
+    assert mv.tags[TAG_KIND] == KIND_BEAT_SEQUENCE and "fold=0/2" in mv.tags[TAG_VALIDATION_SET]
+
+    # `make train`'s single-beat models after it: registered, never champion, whatever their score.
+    for single in (runs.a, runs.b):
+        reg = register_run(single.run_id, model_name=name, tracking_uri=runs.uri)
+        assert not reg.decision.promoted and reg.decision.reason == "outranked"
+        assert client.get_model_version(name, reg.version).tags[TAG_KIND] == KIND_SINGLE_BEAT
+        assert _champion(client, name) == "1"
+    res = CliRunner().invoke(
+        app, ["register", "--run-id", runs.a.run_id, "--model-name", name, "--tracking-uri",
+              runs.uri],
+    )  # fmt: skip
+    assert res.exit_code == 0 and "outranks" in res.output and "kept @champion" in res.output
+    assert _champion(client, name) == "1"
+
+    # A better beat-sequence model on the same validation patients takes it ...
+    assert beat_runs.high.val_macro_f1 > beat_runs.low.val_macro_f1  # two seeds differ
+    better = register_run(beat_runs.high.run_id, model_name=name, tracking_uri=runs.uri)
+    assert better.decision.promoted and better.decision.reason == "better"
+    assert _champion(client, name) == better.version
+    # ... a worse one does not ...
+    worse = register_run(beat_runs.low.run_id, model_name=name, tracking_uri=runs.uri)
+    assert not worse.decision.promoted and worse.decision.reason == "not-better"
+    # ... and one measured on other patients is not compared by number at all.
+    other = register_run(beat_runs.other_fold.run_id, model_name=name, tracking_uri=runs.uri)
+    assert not other.decision.promoted and other.decision.reason == "not-comparable"
+    assert "validation sets differ" in other.decision.summary()
+    assert _champion(client, name) == better.version
+    # --force still overrides.
+    forced = promote(name, other.version, force=True, tracking_uri=runs.uri)
+    assert forced.promoted and forced.forced and _champion(client, name) == other.version
+
+
+def test_beat_sequence_replaces_a_single_beat_champion(runs: Runs, beat_runs: BeatRuns) -> None:
+    name = "ecg-arrhythmia-upgrade"
+    client = MlflowClient(tracking_uri=runs.uri)
+    register_run(runs.a.run_id, model_name=name, tracking_uri=runs.uri)
+    reg = register_run(beat_runs.low.run_id, model_name=name, tracking_uri=runs.uri)
+    assert reg.decision.promoted and reg.decision.reason == "outranks"
+    assert "outranks" in reg.decision.summary() and _champion(client, name) == reg.version
 
 
 def test_default_names_follow_the_task(runs: Runs) -> None:

@@ -1,12 +1,13 @@
 """``ecg train-beats`` end to end, tiny: real mitdb + svdb records, a sqlite registry, the service.
 
-The model is trained one epoch on three DS1 records (one of them held out as validation) and one
-svdb record, registered as ``ecg-arrhythmia@champion``, loaded by the service's own loader and
-asked for a real MIT-BIH strip.
+The model is trained on three DS1 records and two svdb records dealt into two patient-grouped folds
+(one held out as validation: epoch choice, temperature, S/V decision offsets), registered as
+``ecg-arrhythmia@champion``, loaded by the service's own loader and asked for a real MIT-BIH strip.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,17 @@ from models.beat_predictor import BEAT_MODEL_KIND, BeatSequencePredictor
 from models.predictor import load_predictor
 from pipeline.beat_pipeline import TAG_KIND, train_beats
 from pipeline.cli import app
+from pipeline.registry import TAG_VALIDATION_SET
 from service.main import create_app
 from service.settings import ServiceSettings
+
+#: Three DS1 records (106 V, 209 S, 101) and two svdb records, two folds, two epochs.
+TINY: dict[str, object] = {
+    "epochs": 2,
+    "n_folds": 2,
+    "mitdb_records": ["101", "106", "209"],
+    "svdb_limit": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +39,45 @@ def trained(shared_physionet: Path, tmp_path_factory: pytest.TempPathFactory) ->
     torch.set_num_threads(1)
     db = tmp_path_factory.mktemp("beats") / "mlflow.db"
     uri = f"sqlite:///{db}"
-    result = train_beats(
-        shared_physionet,
-        epochs=1,
-        tracking_uri=uri,
-        mitdb_records=["101", "106", "108"],
-        test_records=["100"],
-        svdb_limit=1,
-    )
+    result = train_beats(shared_physionet, tracking_uri=uri, test_records=["100"], **TINY)
     assert result.version == "1" and result.promoted
     assert 0.0 <= result.val_macro_f1 <= 1.0 and result.temperature > 0
-    assert {"test_N_se", "test_N_ppv"} <= set(result.test_metrics)
+    assert {"test_N_se", "test_N_ppv", "test10_N_se"} <= set(result.test_metrics)
     return {"uri": uri, "run_id": result.run_id}
+
+
+def test_validation_is_whole_held_out_patients(trained: dict[str, str]) -> None:
+    """Validation patients are never trained on; the rule and epoch come from them."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=trained["uri"])
+    run = client.get_run(trained["run_id"])
+    local = client.download_artifacts(trained["run_id"], "beat_folds.json")
+    assignment = json.loads(Path(local).read_text())
+    val = sorted(r for r, f in assignment["folds"].items() if f == assignment["val_fold"])
+    train = sorted(r for r, f in assignment["folds"].items() if f != assignment["val_fold"])
+    assert val and train and not set(val) & set(train)
+    assert len(assignment["folds"]) == 5  # 3 mitdb + 2 svdb patients, all dealt
+    assert run.data.params["val_records"] == ",".join(val)
+    assert "fold=0/2" in run.data.tags[TAG_VALIDATION_SET]
+    # One validation score per epoch (step), per-class Se/PPV of the held-out patients.
+    history = client.get_metric_history(trained["run_id"], "val_argmax_macro_f1")
+    assert [m.step for m in history] == [1, 2]
+    best = int(run.data.metrics["best_epoch"])
+    assert history[best - 1].value == max(m.value for m in history)
+    assert {"val300_N_se", "val300_N_ppv", "val10_N_se", "val_ece_N"} <= set(run.data.metrics)
+
+
+def test_card_holds_temperature_and_decision_offsets(trained: dict[str, str]) -> None:
+    from mlflow import MlflowClient
+
+    predictor = load_predictor("models:/ecg-arrhythmia@champion", tracking_uri=trained["uri"])
+    assert isinstance(predictor, BeatSequencePredictor)
+    offsets = predictor.card.decision_offsets
+    assert set(offsets) == {"S", "V"} and all(-2.0 <= v <= 2.0 for v in offsets.values())
+    metrics = MlflowClient(tracking_uri=trained["uri"]).get_run(trained["run_id"]).data.metrics
+    assert offsets == {"S": metrics["decision_offset_S"], "V": metrics["decision_offset_V"]}
+    assert predictor.card.architecture.temperature == pytest.approx(metrics["temperature"])
 
 
 def test_registered_kind_and_champion(trained: dict[str, str]) -> None:
@@ -91,20 +128,15 @@ def test_flat_line_is_unreadable(trained: dict[str, str]) -> None:
 
 
 def test_cli_help_states_promotion_rule() -> None:
-    result = CliRunner().invoke(app, ["train-beats", "--help"])
+    result = CliRunner().invoke(app, ["train-beats", "--help"], terminal_width=400)
     assert result.exit_code == 0
-    assert "single-beat" in result.output and "validation" in result.output
+    out = " ".join(result.output.split())
+    assert "single-beat" in out and "validation set" in out and "patient-grouped" in out
 
 
 def test_equal_beat_model_does_not_displace_champion(
     trained: dict[str, str], shared_physionet: Path
 ) -> None:
-    again = train_beats(
-        shared_physionet,
-        epochs=1,
-        tracking_uri=trained["uri"],
-        mitdb_records=["101", "106", "108"],
-        test_records=[],
-        svdb_limit=1,
-    )
+    again = train_beats(shared_physionet, tracking_uri=trained["uri"], test_records=[], **TINY)
     assert again.version == "2" and not again.promoted  # same seed, same score: ties keep it
+    assert again.decision is not None and again.decision.reason == "not-better"
