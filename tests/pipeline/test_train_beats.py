@@ -21,7 +21,9 @@ from models.beat_predictor import BEAT_MODEL_KIND, BeatSequencePredictor
 from models.predictor import load_predictor
 from pipeline.beat_pipeline import TAG_KIND, train_beats
 from pipeline.cli import app
+from pipeline.errors import UserError
 from pipeline.registry import TAG_VALIDATION_SET
+from pipeline.tracking import ensure_experiment
 from service.main import create_app
 from service.settings import ServiceSettings
 
@@ -37,8 +39,10 @@ TINY: dict[str, object] = {
 @pytest.fixture(scope="module")
 def trained(shared_physionet: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     torch.set_num_threads(1)
-    db = tmp_path_factory.mktemp("beats") / "mlflow.db"
-    uri = f"sqlite:///{db}"
+    root = tmp_path_factory.mktemp("beats")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    # Artifacts in the temporary directory, not the working directory's ./mlartifacts.
+    ensure_experiment("ecg-arrhythmia", uri, artifact_dir=root / "mlartifacts")
     result = train_beats(shared_physionet, tracking_uri=uri, test_records=["100"], **TINY)
     assert result.version == "1" and result.promoted
     assert 0.0 <= result.val_macro_f1 <= 1.0 and result.temperature > 0
@@ -140,3 +144,15 @@ def test_equal_beat_model_does_not_displace_champion(
     again = train_beats(shared_physionet, tracking_uri=trained["uri"], test_records=[], **TINY)
     assert again.version == "2" and not again.promoted  # same seed, same score: ties keep it
     assert again.decision is not None and again.decision.reason == "not-better"
+
+
+def test_bad_fold_or_too_few_patients_is_a_cli_error(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["train-beats", "--val-fold", "7", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "--val-fold must be in 0..4" in res.output
+    res = CliRunner().invoke(app, ["train-beats", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "no mitdb records" in res.output
+
+
+def test_too_few_patients_for_the_folds(shared_physionet: Path) -> None:
+    with pytest.raises(UserError, match="at least 5 are needed"):
+        train_beats(shared_physionet, mitdb_records=["101", "106"], svdb_limit=0)
