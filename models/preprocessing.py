@@ -290,21 +290,20 @@ def preprocess_signal(signal: np.ndarray, fs: float, cfg: PreprocessConfig) -> n
     return normalise(x, cfg.normalise)
 
 
-#: XQRS runs at this rate whatever the input rate. Measured on the 46 MIT-BIH records with MLII
-#: (bench/detector.py, 150 ms tolerance): plain XQRS at 125 Hz mistakes T waves for beats (+P
-#: 98.7 %; record 113: 82.7 %), at 360 Hz it reaches Se 99.18 / +P 99.29; at 250 Hz, Se 99.47 /
-#: +P 99.47 from 360 Hz and from 125 Hz input alike, in less time than at 360 Hz.
+#: The R-peak detector runs at this rate whatever the input rate (models/rpeaks.py). For the former
+#: XQRS detector, measured on the 46 MIT-BIH records with MLII (bench/detector.py, 150 ms
+#: tolerance): XQRS at 125 Hz mistakes T waves for beats (+P 98.7 %; record 113: 82.7 %), at
+#: 360 Hz it reaches Se 99.18 / +P 99.29; at 250 Hz, Se 99.47 / +P 99.47.
 DETECTION_FS = 250.0
 
 
 def detect_rpeaks(signal: np.ndarray, fs: float) -> np.ndarray:
-    """R-peak sample indices of a single-lead ECG, with wfdb's XQRS detector.
+    """R-peak sample indices of a single-lead ECG: :func:`models.rpeaks.detect_qrs`.
 
-    The signal is resampled to :data:`DETECTION_FS` for XQRS, so detection behaves the same at
-    every input rate, and the peaks are mapped back to ``fs``. On MIT-BIH the peaks of non-
-    ventricular beats fall within one 360-Hz sample of the reference annotations (95th
-    percentile); for ventricular beats XQRS's fiducial differs more (tens of ms), which beat
-    models should tolerate (train with small random shifts).
+    A Pan & Tompkins (1985) detector with search-back and P/T-wave rejection by slope, run at
+    :data:`DETECTION_FS` whatever the input rate; it replaced wfdb's XQRS (MIT-BIH, 150 ms
+    tolerance: fewer missed wide ventricular and aberrated beats; ``python -m bench.detector``).
+    Peaks are placed on the largest absolute 1-40 Hz band-passed sample within 80 ms of the QRS.
 
     Parameters
     ----------
@@ -318,20 +317,12 @@ def detect_rpeaks(signal: np.ndarray, fs: float) -> np.ndarray:
     np.ndarray
         int64 ``(n_beats,)``, sorted unique sample indices at ``fs``.
     """
-    from wfdb import processing  # local import: wfdb is heavy and only needed here
+    from models.rpeaks import detect_qrs  # models.rpeaks imports this module
 
     x = _check_signal(signal, fs)
     if x.ndim != 1:
         raise ValueError(f"detect_rpeaks takes one lead (n_samples,), got shape {x.shape}")
-    if x.shape[0] < int(0.5 * fs) or float(np.ptp(x)) == 0.0:
-        return np.zeros(0, dtype=np.int64)
-    xd = resample(x, fs, DETECTION_FS)
-    _use_vectorised_local_peaks()
-    xqrs = processing.XQRS(sig=xd.astype(np.float64), fs=DETECTION_FS)
-    xqrs.detect(verbose=False)
-    found = np.asarray(xqrs.qrs_inds, dtype=np.int64)
-    peaks = np.round(found * (fs / DETECTION_FS)).astype(np.int64)
-    return np.unique(np.clip(peaks, 0, x.shape[0] - 1))
+    return detect_qrs(x, fs)
 
 
 def find_local_peaks(sig: np.ndarray, radius: int) -> np.ndarray:
@@ -372,14 +363,6 @@ def find_local_peaks(sig: np.ndarray, radius: int) -> np.ndarray:
             peaks.append(i)
             next_allowed = i + radius
     return np.asarray(peaks, dtype=np.int64)
-
-
-def _use_vectorised_local_peaks() -> None:
-    """Point wfdb's XQRS at :func:`find_local_peaks` (same results, ~4x faster detection)."""
-    from wfdb.processing import qrs
-
-    if qrs.find_local_peaks is not find_local_peaks:
-        qrs.find_local_peaks = find_local_peaks
 
 
 def _beat_offsets(cfg: PreprocessConfig) -> tuple[int, int]:
