@@ -4,33 +4,46 @@ Both servers run on 127.0.0.1 as real processes and are driven over real HTTP by
 generator (``--clients`` threads, each with its own keep-alive ``httpx.Client``; bodies encoded
 once, before timing). Inputs: 10-s MLII strips at 360 Hz, minute 5 of 16 real MIT-BIH records.
 
+Results (figures, profile before/after, how to re-run): ``bench/SERVING.md``.
+
 What each side does per request:
 
 * **this service** (``uvicorn service.main:app``, ``--workers`` processes, default 1): the raw
-  strip in, R-peak detection, the preprocessing from the model card, the forward pass, beats with
-  classes and probabilities, summary; it logs every request.
+  strip in, the signal-quality check (which detects the R peaks unless given), the beat context
+  and the forward pass of the beat-sequence model, beats with classes, probabilities and quality
+  verdicts, summary; it logs every request.
 * **mlflow models serve** (``--env-manager local``, ``--workers`` as ours, default 1): the pyfunc
-  ``/invocations`` endpoint of the same registered model, fed the preprocessed beat tensor
-  ``{"inputs": (n_beats, 87, 5)}``. It cannot take raw ECG: its client must detect the beats and
-  preprocess. Except in ``single-e2e``, that work is done before timing and NOT counted, which
-  favours the baseline; its cost per strip is reported separately.
+  ``/invocations`` endpoint of the same registered model
+  (:class:`models.beat_predictor.BeatPyfuncModel`), fed ``{"inputs": {"signal", "fs",
+  "r_peaks"}}``: it cannot detect beats, so its client hands it ready-made R peaks. Except in
+  ``single-e2e`` that detection is done before timing and NOT counted, which favours the
+  baseline; it also skips the quality check. Its cost per strip is reported separately.
 
-Scenarios (each server in turn, same requests):
+Scenarios (each server in turn, same strips):
 
 ``single``          one strip per request, ``--clients`` concurrent clients
 ``single-1client``  one strip per request, one client (latency without queueing)
-``single-rpeaks``   ours also gets the R peaks (no detection), like the baseline's tensor
-``single-e2e``      the baseline's client detects and preprocesses inside the timed loop
-``batch16``         all 16 strips in one request (ours: ``/predict/arrhythmia/batch``)
+``single-rpeaks``   ours also gets the R peaks (no detection), like the baseline
+``single-e2e``      the baseline's client detects the R peaks inside the timed loop
+``batch16``         all 16 strips at once: ours one ``/predict/arrhythmia/batch`` request; the
+                    baseline's pyfunc reads one strip per call (a one-row input), so its unit is
+                    16 POSTs one after another on one keep-alive connection (strips/s compared)
 
 The model: ``models:/<name>@<alias>`` from ``--tracking-uri`` (or the environment's
-``ECG_SERVICE_MLFLOW_TRACKING_URI`` / ``MLFLOW_TRACKING_URI``) when given; otherwise a bi-GRU of
-the recommended size (hidden 64, patches of 3 samples) trained for a few steps on real MIT-BIH
-beats and registered into a temporary sqlite store.
+``ECG_SERVICE_MLFLOW_TRACKING_URI`` / ``MLFLOW_TRACKING_URI``) when given; otherwise a
+beat-sequence model of the ``ecg train-beats`` recipe at its default size (bi-LSTM, relative
+inputs, context features) trained 10 steps on real MIT-BIH strips and registered into a temporary
+sqlite store (:func:`bench.tiny_models.train_beat_sequence`). A single-beat model from
+``--tracking-uri`` still works (the baseline then gets the preprocessed beat tensor).
+
+``--profile`` then samples each server with py-spy (``--gil``: threads holding the GIL) while it
+answers ``--requests`` single strips from ``--clients`` clients; the raw stacks go to ``--out``
+and a summary (own and inclusive shares of the busy samples) into the JSON and markdown report.
 
 Usage::
 
     python -m bench.serving [--requests 200] [--clients 4] [--tracking-uri URI] [--out DIR]
+                             [--profile]
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ import logging
 import os
 import platform
 import shutil
+import signal as os_signal
 import socket
 import statistics
 import subprocess
@@ -123,18 +137,21 @@ Bodies = list[bytes] | Callable[[int], bytes]
 
 
 def _drive(
-    url: str, bodies: Bodies, n_requests: int, clients: int
+    url: str, bodies: Bodies, n_units: int, clients: int, per_unit: int = 1
 ) -> tuple[float, list[float], int]:
-    """Send ``n_requests`` POSTs from ``clients`` threads; latencies in s.
+    """Send ``n_units`` units of ``per_unit`` POSTs each from ``clients`` threads.
 
-    ``bodies`` is a list used round-robin, or a function of the request number that builds the
-    body inside the timed loop (client-side work that counts).
+    A unit's POSTs go one after another over the client's keep-alive connection; its latency
+    (seconds) is the time for all of them. ``bodies`` is a list used round-robin (unit ``i``
+    sends bodies ``i * per_unit ...``), or a function of the request number that builds the body
+    inside the timed loop (client-side work that counts). Returns wall time, latencies and the
+    number of non-200 answers.
     """
     make = bodies if callable(bodies) else (lambda i: bodies[i % len(bodies)])
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
-    counter = iter(range(n_requests))
+    counter = iter(range(n_units))
 
     def worker() -> None:
         nonlocal errors
@@ -144,12 +161,14 @@ def _drive(
                     i = next(counter, None)
                 if i is None:
                     return
+                bad = 0
                 start = time.perf_counter()
-                r = client.post(url, content=make(i))
+                for j in range(i * per_unit, (i + 1) * per_unit):
+                    bad += client.post(url, content=make(j)).status_code != 200
                 elapsed = time.perf_counter() - start
                 with lock:
                     latencies.append(elapsed)
-                    errors += r.status_code != 200
+                    errors += bad
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     start = time.perf_counter()
@@ -161,10 +180,17 @@ def _drive(
 
 
 def _measure(
-    server: str, scenario: str, url: str, bodies: Bodies, strips: int, n: int, clients: int
+    server: str,
+    scenario: str,
+    url: str,
+    bodies: Bodies,
+    strips: int,
+    n: int,
+    clients: int,
+    per_unit: int = 1,
 ) -> Result:
-    _drive(url, bodies, min(n, 10), 1)  # warm-up
-    wall, lat, errors = _drive(url, bodies, n, clients)
+    _drive(url, bodies, min(n, 10), 1, per_unit)  # warm-up
+    wall, lat, errors = _drive(url, bodies, n, clients, per_unit)
     ms = np.asarray(lat) * 1000
     return Result(
         server=server,
@@ -182,6 +208,98 @@ def _measure(
     )
 
 
+# --------------------------------------------------------------------------- profile
+#: Functions whose inclusive share of the busy samples the profile summary reports.
+PROFILE_FUNCTIONS: tuple[str, ...] = (
+    "assess_strip",
+    "detect_rpeaks",
+    "detect_rpeaks_pantompkins",
+    "beat_context",
+    "predict_strip",
+    "predict_many",
+    "loads",
+    "request_body_to_args",
+    "serialize_response",
+    "jsonable_encoder",
+    "render",
+    "run_endpoint_function",
+)
+
+
+def _profile(pid: int, url: str, bodies: Bodies, n: int, clients: int, out: Path) -> dict[str, Any]:
+    """py-spy samples of ``pid`` while it answers ``n`` requests; raw stacks to ``out``."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy (pip install -e '.[dev]')")
+    cmd = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--nolineno"]
+    cmd += ["--rate", "200", "--gil", "--subprocesses", "-o", str(out)]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # py-spy attaches
+    _drive(url, bodies, n, clients)
+    spy.send_signal(os_signal.SIGINT)
+    try:
+        spy.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+    if not out.exists():
+        err = spy.stderr.read().decode() if spy.stderr else ""
+        raise SystemExit(f"py-spy wrote no profile: {err.strip()}")
+    return summarise_profile(out.read_text())
+
+
+#: Leaf frames that are a thread waiting, not working (py-spy's idle detection misses them).
+WAIT_FRAMES: tuple[str, ...] = ("Condition.wait", "Runner.run", "_worker", "select", "wait")
+
+
+def summarise_profile(raw: str, top: int = 15) -> dict[str, Any]:
+    """Top of a py-spy ``--format raw`` profile: busy samples by own and inclusive function.
+
+    Parameters
+    ----------
+    raw : str
+        Collapsed stacks, one ``frame;frame;...;frame count`` line per stack. Stacks whose leaf
+        is one of :data:`WAIT_FRAMES` (a thread-pool worker or the event loop waiting) are
+        counted as ``waiting_samples``, not as busy.
+    top : int
+        How many functions to list by own (self) samples.
+
+    Returns
+    -------
+    dict
+        ``busy_samples``, ``self_top`` (``[name, share]``, most first) and ``inclusive``
+        (share of the busy samples with each of :data:`PROFILE_FUNCTIONS` on the stack).
+    """
+    own: dict[str, int] = {}
+    inclusive = dict.fromkeys(PROFILE_FUNCTIONS, 0)
+    total = waiting = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")[1:]  # the first is the process / thread
+        if not frames:
+            continue
+        if frames[-1].split(" (", 1)[0] in WAIT_FRAMES:
+            waiting += count
+            continue
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        names = {f.split(" (", 1)[0] for f in frames}
+        for name in inclusive:
+            if name in names:
+                inclusive[name] += count
+    share = (lambda c: round(c / total, 4)) if total else (lambda c: 0.0)
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "busy_samples": total,
+        "waiting_samples": waiting,
+        "self_top": [[name, share(c)] for name, c in ranked],
+        "inclusive": {name: share(c) for name, c in inclusive.items()},
+    }
+
+
 # --------------------------------------------------------------------------- model + data
 def _registry(args: argparse.Namespace, workdir: Path) -> tuple[str, str]:
     uri = (
@@ -193,21 +311,19 @@ def _registry(args: argparse.Namespace, workdir: Path) -> tuple[str, str]:
         return uri, "existing registry"
     from mlflow import MlflowClient
 
-    from bench.tiny_models import register_model, train_arrhythmia
+    from bench.tiny_models import register_beat_model, train_beat_sequence
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     MlflowClient(tracking_uri=uri).create_experiment(
         "tiny-service-models", artifact_location=(workdir / "artifacts").as_uri()
     )
-    # The recommended size and patching (64 units, 29 steps of 3 samples): the forward pass
-    # costs what the champion's does.
-    module, card, example, metrics = train_arrhythmia(
-        args.mitdb, hidden_size=64, patch_size=3, steps=10
-    )
-    register_model(uri, module, card, example, args.model_name, metrics=metrics, alias=args.alias)
+    # The recommended recipe at its default size (bi-LSTM, relative inputs, context features):
+    # the forward pass costs what the champion's does.
+    clf = train_beat_sequence(args.mitdb, steps=10)
+    register_beat_model(uri, clf, args.model_name, alias=args.alias)
     return uri, (
-        "bi-GRU hidden 64, patches of 3, trained 10 steps on 3 MIT-BIH records "
-        "(temporary sqlite store)"
+        "beat-sequence bi-LSTM (ecg train-beats recipe, default size), trained 10 steps on "
+        "3 MIT-BIH records (temporary sqlite store)"
     )
 
 
@@ -234,11 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mitdb", type=Path, default=DEFAULT_MITDB)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also sample both servers with py-spy while they answer single strips",
+    )
+    parser.add_argument(
         "--keep-workdir", action="store_true", help="keep the temporary store and server logs"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
+    started = time.perf_counter()
 
+    from models.beat_predictor import BeatSequencePredictor
     from models.predictor import ArrhythmiaPredictor, load_predictor
     from models.preprocessing import beat_inputs, detect_rpeaks
 
@@ -248,27 +372,31 @@ def main(argv: list[str] | None = None) -> int:
     predictor = load_predictor(model_uri, tracking_uri=uri)
     if not isinstance(predictor, ArrhythmiaPredictor):
         raise SystemExit(f"{model_uri} is not an arrhythmia model")
+    beat_sequence = isinstance(predictor, BeatSequencePredictor)
     strips = _strips(args.mitdb)
+
+    def baseline_body(x: np.ndarray, fs: float, peaks: np.ndarray) -> bytes:
+        """What ``mlflow models serve`` of this model reads for one strip."""
+        if beat_sequence:  # BeatPyfuncModel: the raw strip and its R peaks
+            inputs: Any = {"signal": x.tolist(), "fs": fs, "r_peaks": peaks.tolist()}
+        else:  # a single-beat model: the preprocessed (n_beats, 87, 5) beat tensor
+            inputs = beat_inputs(x, fs, peaks, predictor.card.preprocess).tolist()
+        return json.dumps({"inputs": inputs}).encode()
 
     # The baseline's input: what its client must compute first (timed here, not in the load).
     t0 = time.perf_counter()
-    tensors, peaks_list = [], []
-    for signal, fs in strips:
-        peaks = detect_rpeaks(signal, fs)
-        peaks_list.append(peaks)
-        tensors.append(beat_inputs(signal, fs, peaks, predictor.card.preprocess))
+    peaks_list = [detect_rpeaks(x, fs) for x, fs in strips]
+    base_single = [baseline_body(x, fs, p) for (x, fs), p in zip(strips, peaks_list, strict=True)]
     client_prep_ms = (time.perf_counter() - t0) * 1000 / len(strips)
 
-    ours_single = [json.dumps({"fs": fs, "signal": s.tolist()}).encode() for s, fs in strips]
+    ours_single = [json.dumps({"fs": fs, "signal": x.tolist()}).encode() for x, fs in strips]
     ours_peaks = [
-        json.dumps({"fs": fs, "signal": s.tolist(), "r_peaks": p.tolist()}).encode()
-        for (s, fs), p in zip(strips, peaks_list, strict=True)
+        json.dumps({"fs": fs, "signal": x.tolist(), "r_peaks": p.tolist()}).encode()
+        for (x, fs), p in zip(strips, peaks_list, strict=True)
     ]
     ours_batch = [
-        json.dumps({"segments": [{"fs": fs, "signal": s.tolist()} for s, fs in strips]}).encode()
+        json.dumps({"segments": [{"fs": fs, "signal": x.tolist()} for x, fs in strips]}).encode()
     ]
-    base_single = [json.dumps({"inputs": t.tolist()}).encode() for t in tensors]
-    base_batch = [json.dumps({"inputs": np.concatenate(tensors).tolist()}).encode()]
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ECG_SERVICE_", "MLFLOW_"))}
     # mlflow models serve starts `uvicorn` from PATH: the one of this environment.
@@ -289,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     base_cmd += ["--workers", str(args.workers)]
 
     results: list[Result] = []
+    profiles: dict[str, Any] = {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     load_before = os.getloadavg()
     ours = _start(ours_cmd, ours_env, workdir / "ours.log")
     base = _start(base_cmd, base_env, workdir / "mlflow.log")
@@ -298,40 +429,61 @@ def main(argv: list[str] | None = None) -> int:
         ours_url = f"http://127.0.0.1:{ours_port}/predict/arrhythmia"
         base_url = f"http://127.0.0.1:{base_port}/invocations"
 
-        # Same model behind both: the classes agree beat for beat.
+        # Same model behind both: the classes agree on every beat this service classified.
         json_header = {"content-type": "application/json"}
         mine = httpx.post(ours_url, content=ours_single[0], timeout=60, headers=json_header)
         theirs = httpx.post(base_url, content=base_single[0], timeout=60, headers=json_header)
-        logits = np.asarray(theirs.json()["predictions"])
-        agree = [b["label"] for b in mine.json()["beats"]] == [
-            predictor.card.classes[i] for i in logits.argmax(axis=1)
+        mine.raise_for_status()
+        theirs.raise_for_status()
+        theirs_labels = [
+            predictor.card.classes[i] for i in np.asarray(theirs.json()["predictions"]).argmax(1)
         ]
+        ours_labels = [b["label"] for b in mine.json()["beats"]]
+        agree = len(ours_labels) == len(theirs_labels) and all(
+            a is None or a == b for a, b in zip(ours_labels, theirs_labels, strict=True)
+        )
         logger.info("same classes from both servers on strip 0: %s", agree)
 
         def e2e(i: int) -> bytes:  # what a client of mlflow models serve must do per strip
-            signal, fs = strips[i % len(strips)]
-            peaks = detect_rpeaks(signal, fs)
-            x = beat_inputs(signal, fs, peaks, predictor.card.preprocess)
-            return json.dumps({"inputs": x.tolist()}).encode()
+            x, fs = strips[i % len(strips)]
+            return baseline_body(x, fs, detect_rpeaks(x, fs))
 
-        n, nb, c = args.requests, args.batch_requests, args.clients
-        plan: list[tuple[str, str, Bodies, str, Bodies, int, int, int]] = [
-            # scenario, our path, our bodies, baseline label, baseline bodies, strips, n, clients
-            ("single", "", ours_single, "", base_single, 1, n, c),
-            ("single-1client", "", ours_single, "", base_single, 1, n, 1),
-            ("single-rpeaks", "", ours_peaks, "", base_single, 1, n, c),
-            ("single-e2e", "", ours_single, " +client prep", e2e, 1, n, c),
-            ("batch16", "/batch", ours_batch, "", base_batch, len(strips), nb, c),
+        n, nb, c, k = args.requests, args.batch_requests, args.clients, len(strips)
+        plan: list[tuple[str, str, Bodies, str, Bodies, int, int, int, int]] = [
+            # scenario, our path, our bodies, baseline label, baseline bodies, strips, n,
+            # clients, baseline POSTs per unit
+            ("single", "", ours_single, "", base_single, 1, n, c, 1),
+            ("single-1client", "", ours_single, "", base_single, 1, n, 1, 1),
+            ("single-rpeaks", "", ours_peaks, "", base_single, 1, n, c, 1),
+            ("single-e2e", "", ours_single, " +client detection", e2e, 1, n, c, 1),
+            ("batch16", "/batch", ours_batch, " (16 POSTs)", base_single, k, nb, c, k),
         ]
-        for scenario, path, ours_bodies, label, base_bodies, k, m, cl in plan:
+        for scenario, path, ours_bodies, label, base_bodies, strips_n, m, cl, per in plan:
             # Alternate the servers so that background load hits both alike.
             results.append(
-                _measure("this service", scenario, ours_url + path, ours_bodies, k, m, cl)
+                _measure("this service", scenario, ours_url + path, ours_bodies, strips_n, m, cl)
             )
             results.append(
-                _measure(f"mlflow models serve{label}", scenario, base_url, base_bodies, k, m, cl)
+                _measure(
+                    f"mlflow models serve{label}",
+                    scenario,
+                    base_url,
+                    base_bodies,
+                    strips_n,
+                    m,
+                    cl,
+                    per,
+                )
             )
             logger.info("%s done", scenario)
+        if args.profile:
+            for name, proc, url, bodies in (
+                ("this-service", ours, ours_url, ours_single),
+                ("mlflow-models-serve", base, base_url, base_single),
+            ):
+                raw = args.out / f"profile-{name}-{stamp}.txt"
+                profiles[name] = {"raw": str(raw), **_profile(proc.pid, url, bodies, n, c, raw)}
+                logger.info("profiled %s", name)
     finally:
         _stop(ours)
         _stop(base)
@@ -341,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - started, 1),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -354,43 +507,70 @@ def main(argv: list[str] | None = None) -> int:
             "uri": model_uri,
             "tracking_uri": uri,
             "what": model_desc,
+            "kind": "beat-sequence" if beat_sequence else "single-beat",
             "architecture": predictor.card.architecture.to_dict(),
         },
         "inputs": {
             "strips": [f"mitdb/{r} MLII 300-310 s" for r in STRIP_RECORDS],
             "fs": 360,
-            "beats_per_strip_mean": statistics.mean(len(t) for t in tensors),
+            "beats_per_strip_mean": statistics.mean(len(p) for p in peaks_list),
         },
+        "baseline_input": (
+            "signal, fs and R peaks (detected before timing)"
+            if beat_sequence
+            else "preprocessed beat tensor (n_beats, 87, 5)"
+        ),
         "baseline_client_preprocessing_ms_per_strip": round(client_prep_ms, 2),
         "same_classes_on_strip_0": agree,
         "results": [asdict(r) for r in results],
+        "ratios": {
+            ours_r.scenario: round(ours_r.strips_per_s / base_r.strips_per_s, 2)
+            for ours_r, base_r in zip(results[::2], results[1::2], strict=True)
+        },
+        "profiles": profiles,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    out_file = args.out / f"serving-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out_file = args.out / f"serving-{stamp}.json"
     out_file.write_text(json.dumps(report, indent=2))
-    _print_table(report, results)
-    print(f"\nwritten to {out_file}")
+    table = _table(report, results)
+    out_file.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"written to {out_file} and {out_file.with_suffix('.md')}")
     return 0
 
 
-def _print_table(report: dict[str, Any], results: list[Result]) -> None:
-    print(f"\nmodel: {report['model']['what']}; {report['server_workers']} worker(s) per server")
-    print(f"load average before/after: {report['machine']['loadavg_before']} / "
-          f"{report['machine']['loadavg_after']} on {report['machine']['cpus']} CPUs")  # fmt: skip
-    print(f"{'server':<34}{'scenario':<16}{'req/s':>8}{'strips/s':>10}"
-          f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'errors':>8}")  # fmt: skip
-    for r in results:
-        print(f"{r.server:<34}{r.scenario:<16}{r.requests_per_s:>8.1f}{r.strips_per_s:>10.1f}"
-              f"{r.p50_ms:>9.1f}{r.p90_ms:>9.1f}{r.p99_ms:>9.1f}{r.errors:>8}")  # fmt: skip
-    for ours, base in zip(results[::2], results[1::2], strict=True):
-        print(
-            f"{ours.scenario}: throughput ratio {ours.requests_per_s / base.requests_per_s:.2f}x "
-            f"(this service / {base.server})"
-        )
-    print(
-        "baseline client-side preprocessing (detection + beat windows), not counted above: "
-        f"{report['baseline_client_preprocessing_ms_per_strip']:.1f} ms per strip"
-    )
+def _table(report: dict[str, Any], results: list[Result]) -> str:
+    """The results as a markdown table with the ratios and the profile summaries."""
+    lines = [
+        f"model: {report['model']['what']}; {report['server_workers']} worker(s) per server; "
+        f"{report['clients']} clients",
+        "",
+        f"load average before/after: {report['machine']['loadavg_before']} / "
+        f"{report['machine']['loadavg_after']} on {report['machine']['cpus']} CPUs; "
+        f"run took {report['duration_s']} s",
+        "",
+        "| server | scenario | req/s | strips/s | p50 ms | p90 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.server} | {r.scenario} | {r.requests_per_s:.1f} | {r.strips_per_s:.1f} | "
+        f"{r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | {r.errors} |"
+        for r in results
+    ]
+    lines += ["", "| scenario | strips/s, this service / mlflow models serve |", "|---|---:|"]
+    lines += [f"| {name} | {ratio:.2f}x |" for name, ratio in report["ratios"].items()]
+    lines += [
+        "",
+        "baseline input: "
+        f"{report['baseline_input']}; its client-side R-peak detection, not counted except in "
+        f"single-e2e: {report['baseline_client_preprocessing_ms_per_strip']:.1f} ms per strip",
+    ]
+    for name, prof in report["profiles"].items():
+        lines += ["", f"profile {name} ({prof['busy_samples']} busy samples, single, py-spy):"]
+        lines += [f"- self {share:.1%} {fn}" for fn, share in prof["self_top"]]
+        lines += [
+            f"- inclusive {share:.1%} {fn}" for fn, share in prof["inclusive"].items() if share
+        ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.beat_classifier import BeatClassifier
+from models.beat_context import RELATIVE_FEATURE_NAMES, BeatContextConfig, beat_context
+from models.beat_sequence import BeatSequenceConfig, BeatSequenceModel, model_inputs
 from models.labels import (
     AAMI_CLASSES,
     PTBXL_SUPERCLASSES,
@@ -41,8 +44,10 @@ __all__ = [
     "build_registry",
     "mitdb_strip",
     "ptbxl_record",
+    "register_beat_model",
     "register_model",
     "train_arrhythmia",
+    "train_beat_sequence",
     "train_heart_disease",
     "use_tracking_uri",
 ]
@@ -287,7 +292,93 @@ def train_heart_disease(
     return module, card, x[:2], metrics
 
 
+def train_beat_sequence(
+    mitdb_dir: Path,
+    *,
+    steps: int = 10,
+    strip_s: float = 10.0,
+    minutes: float = 1.0,
+    seed: int = 0,
+) -> BeatClassifier:
+    """A beat-sequence model of the recommended recipe, trained a few steps on real strips.
+
+    The recipe of ``ecg train-beats`` (bi-LSTM, relative waveform inputs, the patient-relative
+    context features, N/S/V with F merged into V) at its default size; the data are the first
+    ``minutes`` of :data:`ARRHYTHMIA_RECORDS` (MLII, annotated R peaks) cut into ``strip_s``-second
+    strips, one sequence each. Its forward pass costs what the champion's does; its answers are
+    not good (a few steps of Adam).
+
+    Returns
+    -------
+    BeatClassifier
+        In eval mode, temperature 1, no decision offsets.
+    """
+    torch.manual_seed(seed)
+    config = BeatSequenceConfig(cell="lstm", feature_names=RELATIVE_FEATURE_NAMES)
+    pre = PreprocessConfig()
+    merged = config.merged_classes
+    waves: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
+    labels: list[list[int]] = []
+    for record in ARRHYTHMIA_RECORDS:
+        for k in range(int(minutes * 60 / strip_s)):
+            signal, fs, peaks, aami = mitdb_strip(mitdb_dir, record, k * strip_s, strip_s)
+            ctx = beat_context(signal, fs, peaks, pre, BeatContextConfig())
+            w, f = model_inputs(ctx.waves, ctx.features, ctx.feature_names, config)
+            names = [merged.get(c, c) if c is not None else None for c in aami]
+            waves.append(w)
+            feats.append(f)
+            labels.append([config.classes.index(c) if c in config.classes else -1 for c in names])
+    t = max(len(lab) for lab in labels)
+    wv = np.zeros((len(waves), t, *waves[0].shape[1:]), dtype=np.float32)
+    ft = np.zeros((len(feats), t, feats[0].shape[1]), dtype=np.float32)
+    yt = np.full((len(labels), t), -1, dtype=np.int64)
+    for i, (w, f, lab) in enumerate(zip(waves, feats, labels, strict=True)):
+        wv[i, : len(lab)], ft[i, : len(lab)], yt[i, : len(lab)] = w, f, lab
+    lengths = torch.tensor([len(lab) for lab in labels], dtype=torch.int64)
+    model = BeatSequenceModel(config)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
+    x_w, x_f, target = torch.from_numpy(wv), torch.from_numpy(ft), torch.from_numpy(yt)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = model(x_w, x_f, lengths)
+        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        loss.backward()
+        opt.step()
+    model.eval()
+    logger.info("tiny beat-sequence model: %d strips, final loss %.3f", len(labels), loss.item())
+    return BeatClassifier(model=model, preprocess=pre)
+
+
 # --------------------------------------------------------------------------- registry
+def register_beat_model(
+    tracking_uri: str,
+    clf: BeatClassifier,
+    name: str,
+    *,
+    alias: str | None = "champion",
+    experiment: str = "tiny-service-models",
+) -> str:
+    """Log ``clf`` (:func:`models.beat_predictor.log_beat_model`) and register it; its version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from models.beat_predictor import log_beat_model
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with use_tracking_uri(tracking_uri):
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        with mlflow.start_run(experiment_id=exp_id):
+            info = log_beat_model(clf, registered_model_name=name)
+    version = str(info.registered_model_version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+
+
 def register_model(
     tracking_uri: str,
     module: nn.Module,

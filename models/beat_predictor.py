@@ -133,8 +133,12 @@ def card_of(clf: BeatClassifier) -> BeatSequenceCard:
     )
 
 
-def log_beat_model(clf: BeatClassifier, *, name: str = "model") -> Any:
+def log_beat_model(
+    clf: BeatClassifier, *, name: str = "model", registered_model_name: str | None = None
+) -> Any:
     """Log ``clf`` into the active MLflow run: safetensors weights + card JSON, no pickle.
+
+    ``registered_model_name`` also creates a new version of that registered model.
 
     Returns
     -------
@@ -149,6 +153,7 @@ def log_beat_model(clf: BeatClassifier, *, name: str = "model") -> Any:
         loader_module=BEAT_PYFUNC_LOADER_MODULE,
         data_dir_name="beatseq",
         pip_requirements=_PIP_REQUIREMENTS,
+        registered_model_name=registered_model_name,
     )
 
 

@@ -43,3 +43,44 @@ def test_peak_offsets_per_class(mitdb_dir: Path) -> None:
     # XQRS lands normal beats on the annotated sample or next to it (1 sample = 2.8 ms at 360 Hz).
     assert offsets["N"]["p50_ms"] <= 2.8 and offsets["N"]["share_over_16ms"] < 0.05
     assert sum(o["n"] for o in offsets.values()) > 2000
+
+
+def test_summarise_profile_counts_busy_stacks_only() -> None:
+    from bench.serving import summarise_profile
+
+    raw = "\n".join(
+        [
+            "thread (t);run (a.py);assess_strip (models/quality.py);_filt (models/quality.py) 6",
+            "thread (t);run (a.py);predict_strip (models/beat_sequence.py) 3",
+            "thread (t);_bootstrap (threading.py);_worker (concurrent/futures/thread.py) 50",
+            "thread (t);loads (json/__init__.py) 1",
+        ]
+    )
+    out = summarise_profile(raw)
+    assert out["busy_samples"] == 10 and out["waiting_samples"] == 50
+    assert out["self_top"][0] == ["_filt (models/quality.py)", 0.6]
+    assert out["inclusive"]["assess_strip"] == 0.6
+    assert out["inclusive"]["predict_strip"] == 0.3 and out["inclusive"]["loads"] == 0.1
+
+
+def test_tiny_beat_sequence_model_serves_through_its_pyfunc(mitdb_dir: Path) -> None:
+    import json
+
+    import torch
+
+    from bench.tiny_models import mitdb_strip, train_beat_sequence
+    from models.beat_predictor import BeatPyfuncModel
+
+    torch.set_num_threads(1)
+    clf = train_beat_sequence(mitdb_dir, steps=2, minutes=0.5)
+    assert clf.model.config.cell == "lstm" and clf.model.config.wave_mode == "relative"
+    signal, fs, peaks, _ = mitdb_strip(mitdb_dir, "119", start_s=300.0)
+    # The body bench.serving sends to mlflow models serve, as its scoring server parses it.
+    body = json.loads(
+        json.dumps({"inputs": {"signal": signal.tolist(), "fs": fs, "r_peaks": peaks.tolist()}})
+    )
+    inputs = {k: np.asarray(v) for k, v in body["inputs"].items()}
+    probs = BeatPyfuncModel(clf).predict(inputs)
+    assert probs.shape == (len(peaks), 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probs, clf.predict_proba(signal, fs, peaks))
