@@ -37,6 +37,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ def detect(signal: np.ndarray, fs: float, variant: str) -> tuple[np.ndarray, flo
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     rate = target if variant.endswith("125") else fs
     x = resample(signal, fs, rate)
+    fn: Callable[[np.ndarray, float], np.ndarray]
     if variant == "xqrs250":
         fn = detect_xqrs
     elif variant.startswith("xqrs"):
