@@ -209,10 +209,20 @@ def _train(
         if rank == 0:
             import mlflow
 
-            from pipeline.tracking import ensure_experiment
+            from pipeline.record_training import key_metrics
+            from pipeline.tracking import ensure_experiment, runs_table_view
 
+            exp_id = ensure_experiment(experiment, uri)
+            view = runs_table_view(
+                exp_id,
+                uri,
+                key_metrics(arch.demographics),
+                "best_val_macro_auc",
+                "Record-model key figures",
+            )
+            logger.info("runs table with the key figures: <mlflow ui>/%s", view)
             run = mlflow.start_run(
-                experiment_id=ensure_experiment(experiment, uri),
+                experiment_id=exp_id,
                 run_name=f"ptb-xl-crnn-{arch.cell}-ddp{world}",
             )
             mlflow.set_tags(

@@ -465,3 +465,14 @@ def final_test_metrics(
                 out[f"test_hd_{m}_{k}"] = float(decision[m])
             out[f"test_ece_{k}"] = expected_calibration_error(test.y, p)
     return out
+
+
+def key_metrics(demographics: bool) -> list[str]:
+    """The runs table's key-figure columns of a record-model run (what :func:`final_test_metrics`
+    logs): the selection metric, then test macro-AUC and heart-disease AUC at 12, 6 and 1 leads
+    (with demographics when the model reads them, as the card's default)."""
+    cols = ["best_val_macro_auc"]
+    for name in LEAD_SUBSETS:
+        k = calibration_key(name, demographics).replace("/", "_")
+        cols += [f"test_macro_auc_{k}", f"test_heart_disease_auc_{k}"]
+    return cols

@@ -210,7 +210,11 @@ def log_dataset_input(name: str, path: Path | str, digest: str, context: str = "
 
 
 def runs_table_view(
-    experiment_id: str, tracking_uri: str, metrics: list[str], order_by: str | None = None
+    experiment_id: str,
+    tracking_uri: str,
+    metrics: list[str],
+    order_by: str | None = None,
+    name: str = "Key figures",
 ) -> str:
     """Save a runs-table view with ``metrics`` as columns; returns the UI link to it.
 
@@ -229,9 +233,13 @@ def runs_table_view(
         Metric keys shown as columns, in order, after the run's Dataset.
     order_by : str, optional
         A metric key the runs are sorted by (descending); default: start time.
+    name : str
+        The view's name in the UI's **Views** menu (MLflow 3.17 lists the tags whose value is a
+        ``{name, createdAt, updatedAt, state}`` envelope there; the share link reads either form).
     """
     import hashlib
     import json
+    import time
 
     from mlflow import MlflowClient
 
@@ -265,8 +273,10 @@ def runs_table_view(
     }
     value = json.dumps(state, separators=(",", ":"))
     key = "ecg-" + hashlib.sha256(value.encode()).hexdigest()[:16]
+    now_ms = int(time.time() * 1000)
+    envelope = {"name": name, "createdAt": now_ms, "updatedAt": now_ms, "state": value}
     MlflowClient(tracking_uri=tracking_uri).set_experiment_tag(
-        experiment_id, _VIEW_TAG_PREFIX + key, value
+        experiment_id, _VIEW_TAG_PREFIX + key, json.dumps(envelope, separators=(",", ":"))
     )
     query = f"workflowType=machine_learning&viewStateShareKey={key}"
     return f"#/experiments/{experiment_id}/runs?{query}"

@@ -8,6 +8,8 @@ goes to ``$ECG_TEST_ARTIFACTS`` when set, else the test's ``tmp_path``.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import socket
@@ -64,8 +66,28 @@ def trained_store(
 
 
 @pytest.fixture
-def mlflow_ui(trained_store: tuple[str, str, Any], tmp_path: Path) -> Iterator[str]:
-    uri = trained_store[0]
+def record_store(shared_physionet: Path, tmp_path: Path) -> tuple[str, str, Any]:
+    """A sqlite store holding one finished 1-epoch record-model (CRNN) run on tiny PTB-XL."""
+    from training_data import build_tiny_ptbxl, ptbxl_ids_by_fold
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    ids = ptbxl_ids_by_fold(shared_physionet, n_train=16, n_val=8, n_test=8)
+    data = build_tiny_ptbxl(shared_physionet, tmp_path / "record-data", ids)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train-record", "--epochs", "1", "--batch-size", "16", "--tracking-uri", uri]
+    args += ["--data-dir", str(data), "--experiment", "record-ui"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output + repr(out.exception)
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("record-ui").experiment_id])
+    return uri, run.info.experiment_id, run
+
+
+@contextlib.contextmanager
+def _mlflow_ui(uri: str, tmp_path: Path) -> Iterator[str]:
+    """A real ``mlflow ui`` on ``uri``; yields its base URL."""
     port = _free_port()
     log = (tmp_path / "mlflow-ui.log").open("w")
     proc = subprocess.Popen(
@@ -90,6 +112,12 @@ def mlflow_ui(trained_store: tuple[str, str, Any], tmp_path: Path) -> Iterator[s
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+
+
+@pytest.fixture
+def mlflow_ui(trained_store: tuple[str, str, Any], tmp_path: Path) -> Iterator[str]:
+    with _mlflow_ui(trained_store[0], tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -154,3 +182,42 @@ def test_experiments_made_before_the_tag_get_it(tmp_path: Path) -> None:
     assert EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
     assert ensure_experiment("old", uri) == old
     assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+
+
+def _view_link(exp: Any, name: str) -> str:
+    """The runs-table link of the experiment's saved view called ``name`` (the tag's envelope)."""
+    keys = [
+        k.split(".", 2)[2]
+        for k, v in exp.tags.items()
+        if k.startswith("mlflow.sharedViewState.") and json.loads(v)["name"] == name
+    ]
+    assert len(keys) == 1, exp.tags
+    query = f"workflowType=machine_learning&viewStateShareKey={keys[0]}"
+    return f"#/experiments/{exp.experiment_id}/runs?{query}"
+
+
+@needs_chromium
+def test_record_model_runs_get_their_key_figure_columns(
+    record_store: tuple[str, str, Any], browser: Any, tmp_path: Path
+) -> None:
+    uri, exp_id, run = record_store
+    exp = MlflowClient(tracking_uri=uri).get_experiment(exp_id)
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "ptb-xl"
+    metrics = run.data.metrics
+    for key in ("12-lead", "limb-6", "lead-I"):  # the columns exist as metrics of the run
+        assert f"test_macro_auc_{key}" in metrics and f"test_heart_disease_auc_{key}" in metrics
+    link = _view_link(exp, "Record-model key figures")
+    where = Path(os.environ.get("ECG_TEST_ARTIFACTS") or tmp_path)
+    where.mkdir(parents=True, exist_ok=True)
+    shot = where / "mlflow_ui_record_runs.png"
+    with _mlflow_ui(uri, tmp_path) as url:
+        browser.get(url + link)
+        try:
+            body = _wait_for_text(browser, [run.info.run_name, "Dataset", "ptb-xl"])
+            assert "Token Usage" not in body and "Tokens per Trace" not in body
+            # headers are cut short on screen: "test_macro_auc_", "test_heart_dise"
+            _wait_for_text(browser, ["best_val_macro", "test_macro_auc", "test_heart_dis"])
+        finally:
+            browser.save_screenshot(str(shot))
+            logger.info("screenshot: %s", shot)
