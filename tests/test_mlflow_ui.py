@@ -168,6 +168,18 @@ def test_experiment_opens_on_runs_with_dataset_and_key_figures(
         assert "Token Usage" not in body and "Tokens per Trace" not in body
         # The key figures as columns (long headers are cut short on screen: "test_S_precisio").
         _wait_for_text(browser, ["best_val_macro", "test_N_recall", "test_S_recall", "test_S_prec"])
+        # The plain experiment URL follows the sidebar switch, which MLflow 3.17 keeps in
+        # localStorage "mlflow.workflowType_v1" (default "genai"), not the experiment's kind tag:
+        # with the value the "Model training" click stores, it opens the runs table and dataset.
+        browser.execute_script("localStorage.clear()")
+        browser.execute_script(
+            "localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'))"
+        )
+        browser.get("about:blank")  # a fresh page load: the app reads the switch at start-up
+        browser.get(f"{mlflow_ui}#/experiments/{exp_id}")
+        body = _wait_for_text(browser, [run.info.run_name, "Dataset", "mitdb"])
+        assert "/runs" in browser.current_url, browser.current_url
+        assert "Token Usage" not in body and "Tokens per Trace" not in body
     finally:
         browser.save_screenshot(str(shot))
         logger.info("screenshot: %s", shot)
