@@ -222,9 +222,10 @@ def runs_table_view(
     ``mlflow.sharedViewState.<key>`` opens with ``?viewStateShareKey=<key>`` (the UI's own "Share"
     button writes the same tag). The key is a hash of the view, so saving the same view twice writes
     one tag. MLflow 3.17's UI picks GenAI or model-training pages by a browser-wide "GenAI | Model
-    training" switch (default GenAI, remembered in the browser) rather than by the experiment's
-    ``mlflow.experimentKind`` tag; ``workflowType=machine_learning`` in the link selects the runs
-    table whatever that switch says.
+    training" switch rather than by the experiment's ``mlflow.experimentKind`` tag: its bundle reads
+    the ``workflowType`` query parameter, else localStorage ``mlflow.workflowType_v1`` (what the
+    switch stores), else ``"genai"`` (the tag is read only behind a feature flag hard-wired off).
+    ``workflowType=machine_learning`` in the link selects the runs table whatever the switch says.
 
     Parameters
     ----------
