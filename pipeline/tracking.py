@@ -224,7 +224,8 @@ def runs_table_view(
     one tag. MLflow 3.17's UI picks GenAI or model-training pages by a browser-wide "GenAI | Model
     training" switch rather than by the experiment's ``mlflow.experimentKind`` tag: its bundle reads
     the ``workflowType`` query parameter, else localStorage ``mlflow.workflowType_v1`` (what the
-    switch stores), else ``"genai"`` (the tag is read only behind a feature flag hard-wired off).
+    switch stores), else ``"genai"`` (it reads the tag only with its workflow-based navigation
+    flag off, and 3.17 hard-wires that flag on).
     ``workflowType=machine_learning`` in the link selects the runs table whatever the switch says.
 
     Parameters
