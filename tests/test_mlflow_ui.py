@@ -1,7 +1,9 @@
 """MLflow's own UI on a real store after a real (tiny) training run, in headless Chromium.
 
 The experiment must open on the runs table (not MLflow 3's GenAI overview), list the run with its
-dataset (name and digest), and the saved view must show the key figures as columns. Needs Debian's
+dataset (name and digest), and the saved view must show the key figures as columns. The project's
+server (``mlflow server --app-name ecg``, :mod:`pipeline.stack.mlflow_app`) opens even a plain
+experiment link there in a fresh browser, and keeps a user's own GenAI choice. Needs Debian's
 ``chromium`` and ``chromium-driver``; skips with the reason when either is missing. The screenshot
 goes to ``$ECG_TEST_ARTIFACTS`` when set, else the test's ``tmp_path``.
 """
@@ -86,14 +88,17 @@ def record_store(shared_physionet: Path, tmp_path: Path) -> tuple[str, str, Any]
 
 
 @contextlib.contextmanager
-def _mlflow_ui(uri: str, tmp_path: Path) -> Iterator[str]:
-    """A real ``mlflow ui`` on ``uri``; yields its base URL."""
+def _mlflow_ui(uri: str, tmp_path: Path, app_name: str | None = None) -> Iterator[str]:
+    """A real ``mlflow ui`` (``mlflow server --app-name <app_name>``) on ``uri``; yields its URL."""
     port = _free_port()
     log = (tmp_path / "mlflow-ui.log").open("w")
+    command = ["server", "--app-name", app_name] if app_name else ["ui"]
+    # MLflow's GenAI job runner is unused here (as in docker-compose.yml) and slows start-up.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+        [sys.executable, "-m", "mlflow", *command, "--backend-store-uri", uri,
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -233,3 +238,109 @@ def test_record_model_runs_get_their_key_figure_columns(
         finally:
             browser.save_screenshot(str(shot))
             logger.info("screenshot: %s", shot)
+
+
+# --------------------------------------------------------------------------- --app-name ecg
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """A sqlite store with one experiment made by the pipeline and one run with a dataset input.
+
+    Returns ``(tracking URI, experiment id, run name)``.
+    """
+    import mlflow
+
+    from pipeline.tracking import ensure_experiment, log_dataset_input, tracking_scope
+
+    where = tmp_path_factory.mktemp("small-store")
+    uri = f"sqlite:///{where / 'mlflow.db'}"
+    data = where / "prepared" / "mitdb"
+    data.mkdir(parents=True)
+    with tracking_scope(uri):
+        exp_id = ensure_experiment("ui-default", uri, artifact_dir=where / "mlartifacts")
+        with mlflow.start_run(experiment_id=exp_id, run_name="tiny-gru") as run:
+            log_dataset_input("mitdb", data, "0f" * 32)
+            mlflow.log_metric("best_val_macro_f1", 0.5)
+        assert run.info.run_name == "tiny-gru"
+    return uri, exp_id, "tiny-gru"
+
+
+@pytest.fixture(scope="module")
+def ecg_ui(
+    small_store: tuple[str, str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``mlflow server --app-name ecg`` on :func:`small_store`; yields its base URL."""
+    with _mlflow_ui(small_store[0], tmp_path_factory.mktemp("ecg-ui"), app_name="ecg") as url:
+        yield url
+
+
+def _stored_workflow_type(driver: Any) -> Any:
+    return driver.execute_script("return localStorage.getItem('mlflow.workflowType_v1')")
+
+
+def test_ecg_app_serves_the_default_before_the_bundle_and_the_api(
+    small_store: tuple[str, str, str], ecg_ui: str
+) -> None:
+    from pipeline.stack.mlflow_app import WORKFLOW_TYPE_KEY, inject_default_workflow
+
+    _, exp_id, run_name = small_store
+    page = httpx.get(ecg_ui, timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    head = page.text.split("<head>", 1)[1]
+    assert head.startswith("<script>") and WORKFLOW_TYPE_KEY in head.split("</script>", 1)[0]
+    assert head.index(WORKFLOW_TYPE_KEY) < head.index("static-files/static/js/main.")
+    # Everything else is MLflow's server: the REST API answers as usual.
+    api = httpx.post(
+        ecg_ui + "api/2.0/mlflow/runs/search", json={"experiment_ids": [exp_id]}, timeout=10
+    )
+    assert api.status_code == 200, api.text
+    assert [r["info"]["run_name"] for r in api.json()["runs"]] == [run_name]
+    with pytest.raises(ValueError, match="no <head>"):
+        inject_default_workflow("<html><body></body></html>")
+
+
+@needs_chromium
+def test_ecg_app_opens_a_plain_experiment_link_on_the_runs_table(
+    small_store: tuple[str, str, str], ecg_ui: str, browser: Any, tmp_path: Path
+) -> None:
+    """``mlflow server --app-name ecg``: a fresh browser opens ``#/experiments/<id>`` on runs.
+
+    A choice the user made on the UI's switch (here GenAI) is kept.
+    """
+    _, exp_id, run_name = small_store
+    where = Path(os.environ.get("ECG_TEST_ARTIFACTS") or tmp_path)
+    where.mkdir(parents=True, exist_ok=True)
+    # A fresh profile (empty localStorage) and the plain link, no query.
+    browser.get(f"{ecg_ui}#/experiments/{exp_id}")
+    try:
+        body = _wait_for_text(browser, [run_name, "Dataset", "mitdb"])
+        assert "/runs" in browser.current_url, browser.current_url
+        assert "Token Usage" not in body and "Tokens per Trace" not in body
+        assert _stored_workflow_type(browser) == '"machine_learning"'
+    finally:
+        browser.save_screenshot(str(where / "mlflow_ui_ecg_app_runs.png"))
+    # The user switches to GenAI: the next page load keeps that choice.
+    browser.execute_script("localStorage.setItem('mlflow.workflowType_v1', '\"genai\"')")
+    browser.get("about:blank")
+    browser.get(f"{ecg_ui}#/experiments/{exp_id}")
+    try:
+        _wait_for_text(browser, ["Overview", "Judges", "Tool calls"])  # GenAI pages
+        assert "/runs" not in browser.current_url, browser.current_url
+    finally:
+        browser.save_screenshot(str(where / "mlflow_ui_ecg_app_genai_kept.png"))
+    assert _stored_workflow_type(browser) == '"genai"'
+
+
+@needs_chromium
+def test_plain_mlflow_ui_opens_a_plain_experiment_link_on_genai(
+    small_store: tuple[str, str, str], browser: Any, tmp_path: Path
+) -> None:
+    """The control: MLflow's own server shows a fresh browser the GenAI overview.
+
+    When an MLflow upgrade makes this fail, the ``ecg`` app's default may no longer be needed.
+    """
+    _, exp_id, _ = small_store
+    with _mlflow_ui(small_store[0], tmp_path) as url:
+        browser.get(f"{url}#/experiments/{exp_id}")
+        _wait_for_text(browser, ["Overview", "Judges", "Tool calls"])
+        assert "/runs" not in browser.current_url, browser.current_url
+        assert _stored_workflow_type(browser) is None
