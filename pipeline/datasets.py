@@ -435,7 +435,7 @@ def _detection_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         )
         missed[s] = {c: int(n) for c, n in zip(AAMI_CLASSES, counts, strict=True)}
     return {
-        "detector": "models.preprocessing.detect_rpeaks (wfdb XQRS at 250 Hz)",
+        "detector": "models.preprocessing.detect_rpeaks (Pan-Tompkins, models/rpeaks.py)",
         "tolerance_s": MATCH_TOLERANCE_S,
         "missed_reference_beats": missed,
         "unmatched_peaks": int(sum(r["n_unmatched_peaks"] for r in records)),

@@ -106,7 +106,7 @@ class ArrhythmiaRequest(BaseModel):
         description=(
             "Optional R-peak sample indices (strictly increasing, < len(signal); checked with the "
             "signal by the service's segment). "
-            "Omit to detect the beats (wfdb XQRS at the model's rate)."
+            "Omit to detect the beats (the service's Pan-Tompkins detector, models/rpeaks.py)."
         ),
     )
 
