@@ -24,7 +24,9 @@ them, with the R peaks found by the service's detector (``detect_rpeaks``) unles
             bench/NOISE_STRESS.md holds those tables and what they mean.
 
 Thresholds were chosen on DS1 records only (the clean loss of DS1 and the stress figures of the
-DS1 records below); DS2 was not used for a choice. Measured here (2-core CPU, 30 Nov 2026):
+DS1 records below); DS2 was not used for a choice. Measured here (2-core CPU, 30 Nov 2026) with the
+former XQRS detector; the figures with the Pan-Tompkins detector (1 Dec 2026: clean loss 0.13%; the
+stress tables) are in bench/NOISE_STRESS.md and the README:
 
 ``clean --records all`` (48 records, 8,640 strips, detected peaks): 349 of 107,365 matched
 reference beats unreadable = **0.33%** (DS1 0.47%, DS2 0.20%; 108: 201, 105: 40, 222: 30, 116: 29;
