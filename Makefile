@@ -52,8 +52,10 @@ run: train serve
 serve: install
 	$(BIN)/ecg serve --host $(HOST) --port $(PORT)
 
+# MLflow's UI on the local store; `--app-name ecg` (pipeline/stack/mlflow_app.py) opens experiments
+# on the runs table (model training) unless this browser chose GenAI on the UI's switch.
 mlflow-ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+	$(BIN)/mlflow ui --app-name ecg --backend-store-uri sqlite:///mlflow.db --port 5000
 
 # JupyterLab on notebooks/ (http://127.0.0.1:$(NOTEBOOK_PORT)/lab; the token is in the log line)
 NOTEBOOK_PORT ?= 8888

@@ -66,7 +66,9 @@ def mlflow_server(
     """Run ``mlflow server`` on 127.0.0.1 over ``postgres``; yield ``(url, process)`` when healthy.
 
     Artifacts are proxied by the server (``--serve-artifacts``) and stored under
-    ``artifacts_dir``, so clients need only the tracking URL, exactly as in the compose file.
+    ``artifacts_dir``, so clients need only the tracking URL, exactly as in the compose file. As
+    there, it runs the ``ecg`` app (:mod:`pipeline.stack.mlflow_app`): MLflow's server whose UI
+    opens experiments on the runs table.
     """
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -83,6 +85,9 @@ def mlflow_server(
             "-m",
             "mlflow",
             "server",
+            # The UI opens experiments on model training (pipeline/stack/mlflow_app.py).
+            "--app-name",
+            "ecg",
             "--backend-store-uri",
             postgres.uri,
             "--artifacts-destination",
