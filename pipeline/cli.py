@@ -336,12 +336,19 @@ def train_beats(
         int,
         typer.Option(
             min=0,
-            help="Stop after this many epochs without a better validation macro-F1 (0: never).",
+            help="Single-fold mode: stop after this many epochs without a better validation "
+            "macro-F1 (0: never). All-folds mode trains every fold for --epochs.",
         ),
     ] = 3,
     val_fold: Annotated[
-        int, typer.Option(min=0, help="Patient-grouped fold (of 5 over DS1 + svdb) to validate on.")
-    ] = 0,
+        str,
+        typer.Option(
+            help="'all' (default): the research's procedure - one model per patient-grouped fold "
+            "(5 over DS1 + svdb), epoch count, temperature and S/V offsets chosen on the pooled "
+            "out-of-fold logits, final model on every patient. A fold number 0..4: quick mode, "
+            "train once on the other folds and validate on that one."
+        ),
+    ] = "all",
     seed: Annotated[int, typer.Option()] = 0,
     register: Annotated[
         bool,
@@ -364,15 +371,25 @@ def train_beats(
 ) -> None:
     """Train the beat-sequence model (LSTM over each strip's beats) on MIT-BIH DS1 + svdb.
 
-    Validation: one of 5 patient-grouped folds over DS1 + svdb (whole patients, several with S
-    beats) picks the epoch, fits the temperature and the S/V decision offsets (saved in the model
-    card) and gives the selection metric (validation macro-F1 as served). DS2 is read once at the
-    end and logged (per-class precision and recall).
+    Validation: 5 patient-grouped folds over DS1 + svdb (whole patients, several with S beats).
+    By default every fold is held out once: the epoch count, the temperature and the S/V decision
+    offsets (saved in the model card) are chosen on the pooled out-of-fold logits, the selection
+    metric is the pooled out-of-fold macro-F1 as served, and the final model trains on every
+    patient. `--val-fold N` holds out fold N only (quick). DS2 is read once at the end and logged
+    (per-class precision and recall).
     """
     import torch
 
     from pipeline.beat_pipeline import train_beats as run_train_beats
 
+    if val_fold.strip().lower() == "all":
+        fold: int | None = None
+    elif val_fold.strip().isdigit():
+        fold = int(val_fold)
+    else:
+        raise typer.BadParameter(
+            f"must be 'all' or a fold number, got {val_fold!r}", param_hint="--val-fold"
+        )
     torch.set_num_threads(num_threads)
     root = (data_dir or get_settings().data_dir) / "raw"
     try:
@@ -380,7 +397,7 @@ def train_beats(
             root,
             epochs=epochs,
             patience=patience or None,
-            val_fold=val_fold,
+            val_fold=fold,
             seed=seed,
             register=register,
             experiment=experiment,
@@ -390,7 +407,9 @@ def train_beats(
         raise _fail(err) from None
     off = ", ".join(f"{k} {v:+.2f}" for k, v in result.decision_offsets.items())
     typer.echo(
-        f"run {result.run_id}: best epoch {result.best_epoch}, val_macro_f1 "
+        f"run {result.run_id}: "
+        + ("out-of-fold (all folds), epochs " if result.val_fold is None else "best epoch ")
+        + f"{result.best_epoch}, val_macro_f1 "
         f"{result.val_macro_f1:.4f} (temperature {result.temperature:.2f}; offsets {off})"
     )
     pooled = [
@@ -399,6 +418,13 @@ def train_beats(
         if k.startswith("val_pooled_") and k.endswith(("_se", "_ppv"))
     ]
     typer.echo("validation: " + ", ".join(pooled))
+    per_fold = [
+        f"{k.removesuffix('_val_macro_f1')} {v:.3f}"
+        for k, v in result.val_metrics.items()
+        if k.startswith("fold") and k.endswith("_val_macro_f1")
+    ]
+    if per_fold:
+        typer.echo("validation macro-F1 per fold (as served): " + ", ".join(per_fold))
     if result.test_metrics:
         shown = {k: v for k, v in result.test_metrics.items() if k.endswith(("_se", "_ppv"))}
         typer.echo("test (DS2): " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))

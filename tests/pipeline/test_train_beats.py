@@ -1,8 +1,11 @@
 """``ecg train-beats`` end to end, tiny: real mitdb + svdb records, a sqlite registry, the service.
 
-The model is trained on three DS1 records and two svdb records dealt into two patient-grouped folds
-(one held out as validation: epoch choice, temperature, S/V decision offsets), registered as
+The model is trained on three DS1 records and two svdb records dealt into two patient-grouped folds.
+Default mode (all folds): one model per fold, the epoch count, temperature and S/V decision offsets
+chosen on the pooled out-of-fold logits, the final model trained on every patient, registered as
 ``ecg-arrhythmia@champion``, loaded by the service's own loader and asked for a real MIT-BIH strip.
+The quick single-fold mode (``val_fold=0``) is registered too, on a validation set that is never
+compared with the all-folds one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from bench.tiny_models import mitdb_strip
 from models.beat_predictor import BEAT_MODEL_KIND, BeatSequencePredictor
 from models.predictor import load_predictor
 from pipeline.beat_pipeline import TAG_KIND, train_beats
+from pipeline.beat_train import choose_decision_rule, fit_temperature, softmax
 from pipeline.cli import app
 from pipeline.errors import UserError
 from pipeline.registry import TAG_VALIDATION_SET
@@ -44,32 +48,81 @@ def trained(shared_physionet: Path, tmp_path_factory: pytest.TempPathFactory) ->
     # Artifacts in the temporary directory, not the working directory's ./mlartifacts.
     ensure_experiment("ecg-arrhythmia", uri, artifact_dir=root / "mlartifacts")
     result = train_beats(shared_physionet, tracking_uri=uri, test_records=["100"], **TINY)
+    assert result.val_fold is None and len(result.val_records) == 5
     assert result.version == "1" and result.promoted
     assert 0.0 <= result.val_macro_f1 <= 1.0 and result.temperature > 0
     assert {"test_N_se", "test_N_ppv", "test10_N_se"} <= set(result.test_metrics)
     return {"uri": uri, "run_id": result.run_id}
 
 
-def test_validation_is_whole_held_out_patients(trained: dict[str, str]) -> None:
-    """Validation patients are never trained on; the rule and epoch come from them."""
+def _folds(uri: str, run_id: str) -> dict[str, object]:
+    from mlflow import MlflowClient
+
+    local = MlflowClient(tracking_uri=uri).download_artifacts(run_id, "beat_folds.json")
+    return dict(json.loads(Path(local).read_text()))
+
+
+def test_each_fold_validates_on_patients_it_never_trained_on(trained: dict[str, str]) -> None:
+    """Every fold's model is scored on whole patients it never saw; the final model sees all."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=trained["uri"])
     run = client.get_run(trained["run_id"])
-    local = client.download_artifacts(trained["run_id"], "beat_folds.json")
-    assignment = json.loads(Path(local).read_text())
-    val = sorted(r for r, f in assignment["folds"].items() if f == assignment["val_fold"])
-    train = sorted(r for r, f in assignment["folds"].items() if f != assignment["val_fold"])
-    assert val and train and not set(val) & set(train)
-    assert len(assignment["folds"]) == 5  # 3 mitdb + 2 svdb patients, all dealt
-    assert run.data.params["val_records"] == ",".join(val)
-    assert "fold=0/2" in run.data.tags[TAG_VALIDATION_SET]
-    # One validation score per epoch (step), per-class Se/PPV of the held-out patients.
+    a = _folds(trained["uri"], trained["run_id"])
+    folds = a["folds"]
+    assert isinstance(folds, dict) and len(folds) == 5  # 3 mitdb + 2 svdb patients, all dealt
+    fold_train, fold_val = a["fold_train_records"], a["fold_val_records"]
+    assert isinstance(fold_train, dict) and isinstance(fold_val, dict)
+    assert sorted(fold_val) == ["0", "1"]
+    for k, val in fold_val.items():
+        assert val == sorted(r for r, f in folds.items() if f == int(k))
+        assert val and fold_train[k] and not set(val) & set(fold_train[k])
+        assert set(val) | set(fold_train[k]) == set(folds)
+    # The final model trained on every patient, for the chosen number of epochs.
+    assert a["final_train_records"] == sorted(folds)
+    assert "all/2 oof" in run.data.tags[TAG_VALIDATION_SET]
+    best = int(run.data.metrics["best_epoch"])
+    assert run.data.params["chosen_epoch"] == str(best)
+    assert int(run.data.metrics["final_epochs"]) == best
+    assert len(client.get_metric_history(trained["run_id"], "final_train_loss")) == best
+    # Every fold trains every epoch (no early stop); the epoch is the best mean over folds.
+    per_fold = [
+        [m.value for m in client.get_metric_history(trained["run_id"], f"fold{k}_{name}")]
+        for k in (0, 1)
+        for name in ["val_argmax_macro_f1"]
+    ]
+    assert all(len(h) == 2 for h in per_fold)
     history = client.get_metric_history(trained["run_id"], "val_argmax_macro_f1")
     assert [m.step for m in history] == [1, 2]
-    best = int(run.data.metrics["best_epoch"])
-    assert history[best - 1].value == max(m.value for m in history)
-    assert {"val300_N_se", "val300_N_ppv", "val10_N_se", "val_ece_N"} <= set(run.data.metrics)
+    mean = np.mean(per_fold, axis=0)
+    np.testing.assert_allclose([m.value for m in history], mean, rtol=1e-6)
+    assert best == int(np.argmax(mean)) + 1
+    assert {"fold0_val300_N_se", "fold1_val10_N_ppv", "fold0_val_macro_f1"} <= set(run.data.metrics)
+    assert {"val_pooled_N_se", "val_pooled_V_ppv", "val_ece_N", "val_ece_S_before_t"} <= set(
+        run.data.metrics
+    )
+
+
+def test_card_rule_is_refit_from_pooled_oof_logits(trained: dict[str, str]) -> None:
+    """T and the S/V offsets in the card are the ones the pooled out-of-fold logits give."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=trained["uri"])
+    oof = np.load(client.download_artifacts(trained["run_id"], "oof_logits.npz"))
+    folds = _folds(trained["uri"], trained["run_id"])["folds"]
+    assert isinstance(folds, dict)
+    assert [folds[r] for r in oof["record"]] == oof["fold"].tolist()
+    assert set(oof["strip_s"].tolist()) == {10, 300} and set(oof["fold"].tolist()) == {0, 1}
+    assert set(oof["record"].tolist()) == set(folds)  # every patient, out of fold
+    z, y = oof["logits"], oof["labels"]
+    temperature = fit_temperature(z, y)
+    offsets = choose_decision_rule(softmax(z / temperature), y)
+    predictor = load_predictor("models:/ecg-arrhythmia@champion", tracking_uri=trained["uri"])
+    assert isinstance(predictor, BeatSequencePredictor)
+    assert predictor.card.architecture.temperature == pytest.approx(temperature)
+    assert predictor.card.decision_offsets == {"S": offsets[0], "V": offsets[1]}
+    metrics = client.get_run(trained["run_id"]).data.metrics
+    assert metrics["val_pooled_N_n"] == float((y == 0).sum())
 
 
 def test_card_holds_temperature_and_decision_offsets(trained: dict[str, str]) -> None:
@@ -146,9 +199,37 @@ def test_equal_beat_model_does_not_displace_champion(
     assert again.decision is not None and again.decision.reason == "not-better"
 
 
+def test_single_fold_mode_validates_on_one_fold_and_is_not_compared(
+    trained: dict[str, str], shared_physionet: Path
+) -> None:
+    """``val_fold=0``: trained without fold 0, chosen on it, never compared with all-folds runs."""
+    from mlflow import MlflowClient
+
+    one = train_beats(
+        shared_physionet, tracking_uri=trained["uri"], test_records=[], val_fold=0, **TINY
+    )
+    assert one.val_fold == 0 and not one.promoted
+    assert one.decision is not None and one.decision.reason == "not-comparable"
+    client = MlflowClient(tracking_uri=trained["uri"])
+    run = client.get_run(one.run_id)
+    a = _folds(trained["uri"], one.run_id)
+    folds = a["folds"]
+    assert isinstance(folds, dict) and a["val_fold"] == 0
+    val = sorted(r for r, f in folds.items() if f == 0)
+    assert one.val_records == val and run.data.params["val_records"] == ",".join(val)
+    assert "fold=0/2" in run.data.tags[TAG_VALIDATION_SET]
+    history = client.get_metric_history(one.run_id, "val_argmax_macro_f1")
+    assert history and history[one.best_epoch - 1].value == max(m.value for m in history)
+    assert {"val300_N_se", "val10_N_se", "val_ece_N", "val_pooled_S_se"} <= set(run.data.metrics)
+
+
 def test_bad_fold_or_too_few_patients_is_a_cli_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["train-beats", "--val-fold", "7", "--data-dir", str(tmp_path)])
-    assert res.exit_code == 2 and "--val-fold must be in 0..4" in res.output
+    assert res.exit_code == 2 and "--val-fold must be 'all' or in 0..4" in res.output
+    res = CliRunner().invoke(
+        app, ["train-beats", "--val-fold", "some", "--data-dir", str(tmp_path)]
+    )
+    assert res.exit_code == 2 and "must be 'all' or a fold number" in res.output
     res = CliRunner().invoke(app, ["train-beats", "--data-dir", str(tmp_path)])
     assert res.exit_code == 2 and "no mitdb records" in res.output
 
