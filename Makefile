@@ -41,7 +41,7 @@ data: install
 train: data
 	$(BIN)/ecg train --dataset mitdb --cell gru --register $(TRAIN_ARGS)
 	$(BIN)/ecg train --dataset mitdb --cell lstm --register $(TRAIN_ARGS)
-	# The beat-sequence model last, so it ends as the arrhythmia champion.
+	# The beat-sequence model outranks the single-beat ones (pipeline/registry.py), so it ends as the arrhythmia champion.
 	$(BIN)/ecg train-beats --register
 	# Heart disease: the CRNN record model (any lead subset, optional age/sex), the recipe behind
 	# bench/ptbxl_research.md (20 epochs, ~5 min on a quiet 2-core machine); fold 10 read once.
