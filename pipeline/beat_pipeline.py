@@ -279,13 +279,8 @@ def _fit_rule(
     temperature = fit_temperature(z_all, y_all)
     p_all = softmax(z_all / temperature)
     offsets = choose_decision_rule(p_all, y_all)
-    metrics: dict[str, float] = {}
-    f1s = []
-    for seg in VAL_SEGMENTATIONS:
-        s = per_class_scores(y[seg], decide(softmax(z[seg] / temperature), offsets), LABEL_CLASSES)
-        metrics.update(_finite(s, f"val{seg}"))
-        f1s.append(float(np.nan_to_num(s["macro_f1"])))
-    val_f1 = float(np.mean(f1s))
+    metrics = _served_f1(z, y, temperature, offsets, prefix="")
+    val_f1 = metrics[SELECTION_METRIC]
     metrics.update(
         _finite(per_class_scores(y_all, decide(p_all, offsets), LABEL_CLASSES), "val_pooled")
     )
