@@ -38,6 +38,7 @@ from service.deps import (
     require_api_key,
     require_json,
 )
+from service.fast_json import FastJSONRoute
 from service.heart_disease_answer import record_answer
 from service.registry_watch import LoadedModel, ModelHolder
 from service.schemas import (
@@ -79,6 +80,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 predict_router = APIRouter(
     prefix="/predict",
     tags=["predict"],
+    route_class=FastJSONRoute,
     dependencies=[Depends(require_api_key), Depends(require_json)],
     responses=_ERRORS,
 )
