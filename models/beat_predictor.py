@@ -21,12 +21,16 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import torch
 
 from models.beat_classifier import BeatClassifier
 from models.beat_context import BeatContextConfig
 from models.beat_sequence import BeatSequenceConfig, BeatSequenceModel
-from models.predictor import ArrhythmiaPredictor, BeatPredictions, beats_to_classify
+from models.predictor import (
+    PIP_REQUIREMENTS,
+    ArrhythmiaPredictor,
+    BeatPredictions,
+    beats_to_classify,
+)
 from models.preprocessing import PreprocessConfig
 from models.segment import Segment
 from models.tasks import TASK_ARRHYTHMIA, TaskName
@@ -45,14 +49,6 @@ __all__ = [
 BEAT_MODEL_KIND: Final = "beat-sequence"
 #: The loader module named by the MLmodel file of a beat-sequence model.
 BEAT_PYFUNC_LOADER_MODULE: Final = "models.beat_predictor"
-#: The card inside the model's data directory.
-_PIP_REQUIREMENTS: Final = [
-    f"torch=={torch.__version__.split('+')[0]}",
-    "numpy",
-    "scipy",
-    "wfdb",
-    "safetensors",
-]
 
 
 @dataclass(frozen=True)
@@ -152,7 +148,7 @@ def log_beat_model(
         name=name,
         loader_module=BEAT_PYFUNC_LOADER_MODULE,
         data_dir_name="beatseq",
-        pip_requirements=_PIP_REQUIREMENTS,
+        pip_requirements=PIP_REQUIREMENTS,
         registered_model_name=registered_model_name,
     )
 

@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 #: The loader module ``mlflow models serve`` imports (by name, from the installed package).
 PYFUNC_LOADER_MODULE: Final = "models.mlflow_pyfunc"
 #: What ``mlflow models serve`` needs besides this project's installed ``models`` package.
-_PIP_REQUIREMENTS: Final = [
+PIP_REQUIREMENTS: Final = [
     f"torch=={torch.__version__.split('+')[0]}",
     "numpy",
     "scipy",
@@ -183,7 +183,7 @@ def log_ecg_model(
         signature=infer_signature(example, out),
         input_example=example,
         registered_model_name=registered_model_name,
-        pip_requirements=_PIP_REQUIREMENTS,
+        pip_requirements=PIP_REQUIREMENTS,
     )
 
 
