@@ -13,6 +13,7 @@ probabilities before the argmax, per class; missing classes get 0).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from models.beat_sequence import (
     BeatSequenceConfig,
     BeatSequenceModel,
     model_inputs,
-    predict_strip,
+    predict_strips,
 )
 from models.preprocessing import PreprocessConfig
 
@@ -71,9 +72,30 @@ class BeatClassifier:
         np.ndarray
             float32 ``(n_beats, len(self.classes))``.
         """
-        ctx = beat_context(signal, fs, r_peaks, self.preprocess, self.context)
-        waves, feats = model_inputs(ctx.waves, ctx.features, ctx.feature_names, self.model.config)
-        return predict_strip(self.model, waves, feats)
+        return self.predict_proba_many([(signal, fs, r_peaks)])[0]
+
+    def predict_proba_many(
+        self, strips: Sequence[tuple[np.ndarray, float, np.ndarray]]
+    ) -> list[np.ndarray]:
+        """:meth:`predict_proba` of several strips, their beats read in one forward pass.
+
+        Parameters
+        ----------
+        strips : sequence of (signal, fs, r_peaks)
+            As :meth:`predict_proba` takes them; rates and lengths may differ.
+
+        Returns
+        -------
+        list of np.ndarray
+            Per strip, float32 ``(n_beats, len(self.classes))``.
+        """
+        inputs = []
+        for signal, fs, r_peaks in strips:
+            ctx = beat_context(signal, fs, r_peaks, self.preprocess, self.context)
+            inputs.append(
+                model_inputs(ctx.waves, ctx.features, ctx.feature_names, self.model.config)
+            )
+        return predict_strips(self.model, inputs)
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Class index per beat from ``(n_beats, k)`` probabilities, by the validation's rule."""

@@ -198,16 +198,25 @@ class BeatSequencePredictor(ArrhythmiaPredictor):
     ) -> list[BeatPredictions]:
         """Per-beat N/S/V probabilities of each segment (see ArrhythmiaPredictor.predict_many)."""
         leads = [self.lead_of(seg, i) for i, seg in enumerate(segments)]
-        out = []
         n_classes = len(self.card.classes)
-        for lead, seg in zip(leads, segments, strict=True):
-            peaks, keep, quality = beats_to_classify(lead, seg, assess_quality=assess_quality)
-            peaks = np.asarray(peaks, dtype=np.int64)
+        judged = [
+            beats_to_classify(lead, seg, assess_quality=assess_quality)
+            for lead, seg in zip(leads, segments, strict=True)
+        ]
+        # Every strip with a readable beat goes through one forward pass.
+        todo = [i for i, (_, keep, _) in enumerate(judged) if keep.any()]
+        probs = self.classifier.predict_proba_many(
+            [(leads[i], segments[i].fs, np.asarray(judged[i][0], dtype=np.int64)) for i in todo]
+        )
+        by_strip = dict(zip(todo, probs, strict=True))
+        out = []
+        for i, (peaks, keep, quality) in enumerate(judged):
             rows = np.full((len(peaks), n_classes), np.nan, dtype=np.float32)
-            if keep.any():
-                probs = self.classifier.predict_proba(lead, seg.fs, peaks)
-                rows[keep] = probs[keep]
-            out.append(BeatPredictions(peaks, rows, self.card.classes, quality))
+            if i in by_strip:
+                rows[keep] = by_strip[i][keep]
+            out.append(
+                BeatPredictions(np.asarray(peaks, dtype=np.int64), rows, self.card.classes, quality)
+            )
         return out
 
 

@@ -15,6 +15,7 @@ never predicted. A calibration temperature (fitted on validation folds) travels 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ __all__ = [
     "BeatSequenceModel",
     "model_inputs",
     "predict_strip",
+    "predict_strips",
 ]
 
 
@@ -230,7 +232,17 @@ class BeatSequenceModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-@torch.inference_mode()
+def _chunks(n: int, max_beats: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` beat ranges of a strip of ``n`` beats read ``max_beats`` at a time.
+
+    A short tail chunk reads poorly: a tail under half a chunk joins the previous one.
+    """
+    starts = list(range(0, n, max_beats))
+    if len(starts) > 1 and n - starts[-1] < max_beats // 2:
+        starts.pop()
+    return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
+
+
 def predict_strip(
     model: BeatSequenceModel,
     waves: np.ndarray,
@@ -258,23 +270,56 @@ def predict_strip(
         float32 ``(n_beats, len(model.config.classes))`` probabilities (softmax of logits divided
         by ``model.config.temperature``).
     """
-    n = int(feats.shape[0])
+    return predict_strips(model, [(waves, feats)], max_beats)[0]
+
+
+@torch.inference_mode()
+def predict_strips(
+    model: BeatSequenceModel,
+    strips: Sequence[tuple[np.ndarray, np.ndarray]],
+    max_beats: int = 64,
+) -> list[np.ndarray]:
+    """:func:`predict_strip` of several strips through one forward pass.
+
+    Every strip is cut into chunks as :func:`predict_strip` cuts it; the chunks of all strips
+    form one padded batch (the recurrence reads each chunk to its own length, so a strip's
+    answer does not depend on its neighbours in the batch beyond float rounding).
+
+    Parameters
+    ----------
+    model : BeatSequenceModel
+    strips : sequence of (waves, feats)
+        Per strip, float32 ``(n_beats, wave_channels, wave_len)`` and ``(n_beats, n_features)``
+        from :func:`model_inputs`; ``n_beats`` may differ and may be 0.
+    max_beats : int
+        Longest sequence fed to the recurrence at once.
+
+    Returns
+    -------
+    list of np.ndarray
+        Per strip, float32 ``(n_beats, len(model.config.classes))`` probabilities.
+    """
     k = len(model.config.classes)
-    if n == 0:
-        return np.zeros((0, k), dtype=np.float32)
+    chunks = [
+        (i, s, e) for i, (_, feats) in enumerate(strips) for s, e in _chunks(len(feats), max_beats)
+    ]
+    if not chunks:
+        return [np.zeros((0, k), dtype=np.float32) for _ in strips]
     model.eval()
-    starts = list(range(0, n, max_beats))
-    # A short tail chunk reads poorly: merge a tail under half a chunk into the previous one.
-    if len(starts) > 1 and n - starts[-1] < max_beats // 2:
-        starts.pop()
-    bounds = [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
-    t_max = max(e - s for s, e in bounds)
-    wv = np.zeros((len(bounds), t_max, *waves.shape[1:]), dtype=np.float32)
-    ft = np.zeros((len(bounds), t_max, feats.shape[1]), dtype=np.float32)
-    for i, (s, e) in enumerate(bounds):
-        wv[i, : e - s] = waves[s:e]
-        ft[i, : e - s] = feats[s:e]
-    lengths = torch.tensor([e - s for s, e in bounds], dtype=torch.int64)
+    waves0, feats0 = strips[chunks[0][0]]
+    t_max = max(e - s for _, s, e in chunks)
+    wv = np.zeros((len(chunks), t_max, *waves0.shape[1:]), dtype=np.float32)
+    ft = np.zeros((len(chunks), t_max, feats0.shape[1]), dtype=np.float32)
+    for row, (i, s, e) in enumerate(chunks):
+        wv[row, : e - s] = strips[i][0][s:e]
+        ft[row, : e - s] = strips[i][1][s:e]
+    lengths = torch.tensor([e - s for _, s, e in chunks], dtype=torch.int64)
     logits = model(torch.from_numpy(wv), torch.from_numpy(ft), lengths)
     probs = torch.softmax(logits / model.config.temperature, dim=2).numpy()
-    return np.concatenate([probs[i, : e - s] for i, (s, e) in enumerate(bounds)]).astype(np.float32)
+    parts: list[list[np.ndarray]] = [[] for _ in strips]
+    for row, (i, s, e) in enumerate(chunks):
+        parts[i].append(probs[row, : e - s])
+    return [
+        np.concatenate(p).astype(np.float32) if p else np.zeros((0, k), dtype=np.float32)
+        for p in parts
+    ]

@@ -61,6 +61,7 @@ from service.formats import (
     parse_upload,
 )
 from service.heart_disease_answer import Sex, record_answer
+from service.inference import run_inference
 from service.registry_watch import LoadedModel
 from service.schemas import ErrorResponse, ModelRef
 
@@ -545,13 +546,12 @@ async def predict_arrhythmia_binary(
     """Every beat of a raw little-endian float32/int16 body (``fs``, ``leads``, ``gain`` given)."""
     record = await _decode_binary(request, dtype, fs, leads, gain)
     request.state.n_samples = record.n_samples
-    return await run_in_threadpool(
-        _arrhythmia_answer,
-        loaded,
-        record,
-        lead,
-        include_signal,
-        settings.max_signal_seconds,
+    return await run_inference(
+        lambda held: _arrhythmia_answer(
+            loaded, record, lead, include_signal, settings.max_signal_seconds, held
+        ),
+        record.signal.size,
+        settings,
         gate,
     )
 

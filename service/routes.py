@@ -10,7 +10,6 @@ window, leads, rate) is checked by the predictor; this module only adds the depl
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +39,7 @@ from service.deps import (
 )
 from service.fast_json import FastJSONRoute
 from service.heart_disease_answer import record_answer
+from service.inference import Gate, run_inference
 from service.registry_watch import LoadedModel, ModelHolder
 from service.schemas import (
     ArrhythmiaBatchRequest,
@@ -152,7 +152,7 @@ def _arrhythmia_results(
     loaded: LoadedModel,
     requests: list[ArrhythmiaRequest],
     settings: ServiceSettings,
-    gate: threading.BoundedSemaphore,
+    gate: Gate,
     batch: bool,
 ) -> list[ArrhythmiaResult]:
     predictor = loaded.predictor
@@ -191,7 +191,7 @@ def _arrhythmia_results(
 
 
 @predict_router.post("/arrhythmia", response_model=ArrhythmiaResponse)
-def predict_arrhythmia(
+async def predict_arrhythmia(
     body: ArrhythmiaRequest,
     loaded: ArrhythmiaModelDep,
     settings: SettingsDep,
@@ -205,12 +205,17 @@ def predict_arrhythmia(
     ``quality``. Classes are the served model's (see ``GET /models``).
     """
     request.state.n_samples = len(body.signal)
-    (result,) = _arrhythmia_results(loaded, [body], settings, gate, batch=False)
-    return ArrhythmiaResponse(**result.model_dump(), model=_model_ref(loaded))
+    (result,) = await run_inference(
+        lambda held: _arrhythmia_results(loaded, [body], settings, held, batch=False),
+        len(body.signal),
+        settings,
+        gate,
+    )
+    return ArrhythmiaResponse.model_construct(**dict(result), model=_model_ref(loaded))
 
 
 @predict_router.post("/arrhythmia/batch", response_model=ArrhythmiaBatchResponse)
-def predict_arrhythmia_batch(
+async def predict_arrhythmia_batch(
     body: ArrhythmiaBatchRequest,
     loaded: ArrhythmiaModelDep,
     settings: SettingsDep,
@@ -220,7 +225,12 @@ def predict_arrhythmia_batch(
     """Several segments (possibly at different rates) through one forward pass."""
     request.state.n_samples = sum(len(s.signal) for s in body.segments)
     _check_batch_size(len(body.segments), "segments", settings)
-    results = _arrhythmia_results(loaded, body.segments, settings, gate, batch=True)
+    results = await run_inference(
+        lambda held: _arrhythmia_results(loaded, body.segments, settings, held, batch=True),
+        request.state.n_samples,
+        settings,
+        gate,
+    )
     return ArrhythmiaBatchResponse(model=_model_ref(loaded), results=results)
 
 
@@ -243,7 +253,7 @@ def _record_model_result(
     predictor: RecordPredictor,
     body: HeartDiseaseRequest,
     settings: ServiceSettings,
-    gate: threading.BoundedSemaphore,
+    gate: Gate,
     where: str,
 ) -> HeartDiseaseResult:
     """The record model's answer for any lead subset (and age, sex); 422 saying what is wrong."""
@@ -261,7 +271,7 @@ def _heart_disease_results(
     loaded: LoadedModel,
     requests: list[HeartDiseaseRequest],
     settings: ServiceSettings,
-    gate: threading.BoundedSemaphore,
+    gate: Gate,
     batch: bool,
 ) -> list[HeartDiseaseResult]:
     predictor = loaded.predictor
@@ -296,7 +306,7 @@ def _heart_disease_results(
 
 
 @predict_router.post("/heart-disease", response_model=HeartDiseaseResponse)
-def predict_heart_disease(
+async def predict_heart_disease(
     body: HeartDiseaseRequest,
     loaded: HeartDiseaseModelDep,
     settings: SettingsDep,
@@ -310,12 +320,17 @@ def predict_heart_disease(
     the yes/no decision at the operating point chosen on validation records for that lead set.
     """
     request.state.n_samples = len(body.signal)
-    (result,) = _heart_disease_results(loaded, [body], settings, gate, batch=False)
-    return HeartDiseaseResponse(**result.model_dump(), model=_model_ref(loaded))
+    (result,) = await run_inference(
+        lambda held: _heart_disease_results(loaded, [body], settings, held, batch=False),
+        len(body.signal) * len(body.leads),
+        settings,
+        gate,
+    )
+    return HeartDiseaseResponse.model_construct(**dict(result), model=_model_ref(loaded))
 
 
 @predict_router.post("/heart-disease/batch", response_model=HeartDiseaseBatchResponse)
-def predict_heart_disease_batch(
+async def predict_heart_disease_batch(
     body: HeartDiseaseBatchRequest,
     loaded: HeartDiseaseModelDep,
     settings: SettingsDep,
@@ -325,7 +340,12 @@ def predict_heart_disease_batch(
     """Several records through one forward pass."""
     request.state.n_samples = sum(len(r.signal) for r in body.records)
     _check_batch_size(len(body.records), "records", settings)
-    results = _heart_disease_results(loaded, body.records, settings, gate, batch=True)
+    results = await run_inference(
+        lambda held: _heart_disease_results(loaded, body.records, settings, held, batch=True),
+        sum(len(r.signal) * len(r.leads) for r in body.records),
+        settings,
+        gate,
+    )
     return HeartDiseaseBatchResponse(model=_model_ref(loaded), results=results)
 
 

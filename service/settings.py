@@ -47,6 +47,11 @@ class ServiceSettings(BaseSettings):
     torch_threads : int
         ``torch.set_num_threads`` at start-up; 0 leaves torch's default. One thread per request
         suits small recurrent models served to concurrent clients.
+    inline_max_samples : int
+        A prediction request of at most this many samples (all leads and items) runs on the
+        event loop when the inference gate is free, not in a worker thread
+        (:mod:`service.inference`); 0 sends every request to the thread pool. The default,
+        65,536, is about 3 min of one lead at 360 Hz: tens of milliseconds of CPU at most.
     """
 
     model_config = SettingsConfigDict(env_prefix="ECG_SERVICE_", env_file=".env", extra="ignore")
@@ -62,6 +67,7 @@ class ServiceSettings(BaseSettings):
     max_batch_items: int = Field(default=64, ge=1)
     torch_threads: int = Field(default=1, ge=0)
     max_concurrent_inference: int = Field(default=1, ge=1)
+    inline_max_samples: int = Field(default=65_536, ge=0)
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,7 @@ from models.beat_sequence import (
     BeatSequenceModel,
     model_inputs,
     predict_strip,
+    predict_strips,
 )
 from pipeline.beat_sequences import build_sequences, record_beats
 from pipeline.beat_train import (
@@ -82,6 +83,26 @@ def test_predict_strip_chunks_and_temperature() -> None:
     q = predict_strip(hot, waves, feats, max_beats=64)
     assert (q.argmax(1) == p.argmax(1)).all()
     assert q.max(axis=1).mean() < p.max(axis=1).mean()  # softer, same decisions
+
+
+def test_predict_strips_answers_each_strip_as_alone() -> None:
+    """Strips of different lengths (0, short, chunked) in one pass: each as predict_strip."""
+    torch.manual_seed(0)
+    cfg = BeatSequenceConfig(feature_names=RELATIVE_FEATURE_NAMES)
+    model = BeatSequenceModel(cfg)
+    rng = np.random.default_rng(2)
+    strips = [
+        (
+            rng.normal(size=(n, 2, cfg.wave_len)).astype(np.float32),
+            rng.normal(size=(n, cfg.n_features)).astype(np.float32),
+        )
+        for n in (12, 0, 150, 1)
+    ]
+    together = predict_strips(model, strips, max_beats=64)
+    assert [p.shape for p in together] == [(12, 3), (0, 3), (150, 3), (1, 3)]
+    for (waves, feats), p in zip(strips, together, strict=True):
+        np.testing.assert_allclose(p, predict_strip(model, waves, feats, 64), rtol=1e-5, atol=1e-6)
+    assert predict_strips(model, []) == []
 
 
 def test_temperature_fit_recovers_a_known_temperature() -> None:
