@@ -25,6 +25,8 @@ Scenarios (each server in turn, same strips):
 ``single-1client``  one strip per request, one client (latency without queueing)
 ``single-rpeaks``   ours also gets the R peaks (no detection), like the baseline
 ``single-e2e``      the baseline's client detects the R peaks inside the timed loop
+``single-binary``   as ``single``, ours sent the strip as a little-endian float32 body
+                    (``/predict/arrhythmia/binary?fs=360&leads=MLII``; no JSON to decode)
 ``batch16``         all 16 strips at once: ours one ``/predict/arrhythmia/batch`` request; the
                     baseline's pyfunc reads one strip per call (a one-row input), so its unit is
                     16 POSTs one after another on one keep-alive connection (strips/s compared)
@@ -137,7 +139,12 @@ Bodies = list[bytes] | Callable[[int], bytes]
 
 
 def _drive(
-    url: str, bodies: Bodies, n_units: int, clients: int, per_unit: int = 1
+    url: str,
+    bodies: Bodies,
+    n_units: int,
+    clients: int,
+    per_unit: int = 1,
+    content_type: str = "application/json",
 ) -> tuple[float, list[float], int]:
     """Send ``n_units`` units of ``per_unit`` POSTs each from ``clients`` threads.
 
@@ -155,7 +162,7 @@ def _drive(
 
     def worker() -> None:
         nonlocal errors
-        with httpx.Client(timeout=120, headers={"content-type": "application/json"}) as client:
+        with httpx.Client(timeout=120, headers={"content-type": content_type}) as client:
             while True:
                 with lock:
                     i = next(counter, None)
@@ -188,9 +195,10 @@ def _measure(
     n: int,
     clients: int,
     per_unit: int = 1,
+    content_type: str = "application/json",
 ) -> Result:
-    _drive(url, bodies, min(n, 10), 1, per_unit)  # warm-up
-    wall, lat, errors = _drive(url, bodies, n, clients, per_unit)
+    _drive(url, bodies, min(n, 10), 1, per_unit, content_type)  # warm-up
+    wall, lat, errors = _drive(url, bodies, n, clients, per_unit, content_type)
     ms = np.asarray(lat) * 1000
     return Result(
         server=server,
@@ -394,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"fs": fs, "signal": x.tolist(), "r_peaks": p.tolist()}).encode()
         for (x, fs), p in zip(strips, peaks_list, strict=True)
     ]
+    # The binary body: little-endian float32 samples, rate and lead as query parameters.
+    ours_binary = [x.astype("<f4").tobytes() for x, _ in strips]
+    binary_path = f"/binary?fs={strips[0][1]:g}&leads=MLII"
     ours_batch = [
         json.dumps({"segments": [{"fs": fs, "signal": x.tolist()} for x, fs in strips]}).encode()
     ]
@@ -456,12 +467,23 @@ def main(argv: list[str] | None = None) -> int:
             ("single-1client", "", ours_single, "", base_single, 1, n, 1, 1),
             ("single-rpeaks", "", ours_peaks, "", base_single, 1, n, c, 1),
             ("single-e2e", "", ours_single, " +client detection", e2e, 1, n, c, 1),
+            ("single-binary", binary_path, ours_binary, "", base_single, 1, n, c, 1),
             ("batch16", "/batch", ours_batch, " (16 POSTs)", base_single, k, nb, c, k),
         ]
         for scenario, path, ours_bodies, label, base_bodies, strips_n, m, cl, per in plan:
             # Alternate the servers so that background load hits both alike.
+            media = "application/octet-stream" if path == binary_path else "application/json"
             results.append(
-                _measure("this service", scenario, ours_url + path, ours_bodies, strips_n, m, cl)
+                _measure(
+                    "this service",
+                    scenario,
+                    ours_url + path,
+                    ours_bodies,
+                    strips_n,
+                    m,
+                    cl,
+                    content_type=media,
+                )
             )
             results.append(
                 _measure(
