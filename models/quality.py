@@ -88,6 +88,7 @@ from scipy import ndimage
 from scipy import signal as sps
 
 from models.preprocessing import detect_rpeaks
+from models.zero_phase import ZeroPhaseFilter
 
 __all__ = [
     "GOOD",
@@ -249,12 +250,19 @@ def _sos(fs: float, low: float | None, high: float | None, order: int = 2) -> np
     return sps.butter(order, min(high or 0.45 * fs, 0.9 * nyq) / nyq, "lowpass", output="sos")
 
 
+@lru_cache(maxsize=64)
+def _zero_phase(fs: float, low: float | None, high: float | None) -> ZeroPhaseFilter:
+    return ZeroPhaseFilter.from_sos(_sos(fs, low, high))
+
+
 def _filt(x: np.ndarray, fs: float, low: float | None, high: float | None) -> np.ndarray:
-    sos = _sos(float(fs), low, high)
-    padlen = 3 * (2 * len(sos) + 1)
+    """Zero-phase Butterworth filter of float64 ``x`` (``sosfiltfilt``'s output, design and
+    initial conditions cached); a signal too short to pad only loses its mean."""
+    zero_phase = _zero_phase(float(fs), low, high)
+    padlen = 3 * (2 * len(zero_phase.sos) + 1)
     if x.shape[0] <= padlen:
         return x - float(np.mean(x))
-    return sps.sosfiltfilt(sos, x).astype(np.float64)
+    return zero_phase(x)
 
 
 def _check(signal: np.ndarray, fs: float) -> np.ndarray:

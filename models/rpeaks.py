@@ -38,6 +38,7 @@ from scipy import ndimage
 from scipy import signal as sps
 
 from models.preprocessing import DETECTION_FS, resample
+from models.zero_phase import ZeroPhaseFilter
 
 __all__ = ["QRSDetectorConfig", "detect_qrs", "detect_xqrs"]
 
@@ -86,14 +87,15 @@ class QRSDetectorConfig:
 
 
 @lru_cache(maxsize=16)
-def _bandpass_sos(low_hz: float, high_hz: float, fs: float) -> np.ndarray:
-    """Second-order Butterworth band-pass sections, cached per design (not to be modified)."""
-    return sps.butter(2, [low_hz, high_hz], btype="bandpass", fs=fs, output="sos")
+def _bandpass(low_hz: float, high_hz: float, fs: float) -> ZeroPhaseFilter:
+    """Second-order Butterworth band-pass, cached per design with its initial conditions."""
+    sos = sps.butter(2, [low_hz, high_hz], btype="bandpass", fs=fs, output="sos")
+    return ZeroPhaseFilter.from_sos(sos)
 
 
 def _filtfilt(x: np.ndarray, band: tuple[float, float], fs: float) -> np.ndarray:
-    sos = _bandpass_sos(band[0], min(band[1], 0.45 * fs), fs)
-    return sps.sosfiltfilt(sos, x, padlen=min(x.shape[0] - 1, 60))
+    """``sosfiltfilt`` of float64 ``x`` with a 60-sample odd pad (at most ``len(x) - 1``)."""
+    return _bandpass(band[0], min(band[1], 0.45 * fs), fs)(x, padlen=min(x.shape[0] - 1, 60))
 
 
 class _Levels:
