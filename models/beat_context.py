@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from models.preprocessing import PreprocessConfig, beat_windows, preprocess_signal
+from models.preprocessing import PreprocessConfig, beat_windows, median_along, preprocess_signal
 
 __all__ = [
     "CONTEXT_FEATURE_NAMES",
@@ -170,12 +170,14 @@ class BeatContext:
 def _history_means(values: np.ndarray, k: int, offset: int, n_out: int) -> np.ndarray:
     """Mean of the ``k`` values before ``i + offset`` for each position, strip-start filled."""
     n = values.shape[0]
-    csum = np.concatenate([[0.0], np.cumsum(values)])
-    end = np.arange(n_out) + offset
+    csum = np.empty(n + 1)
+    csum[0] = 0.0
+    np.cumsum(values, out=csum[1:])
+    end = np.arange(offset, n_out + offset)
     start = end - k
     short = start < 0  # not enough history: the strip's first min(k, n) values instead
-    start = np.where(short, 0, start)
-    end = np.where(short, min(k, n), end)
+    start[short] = 0
+    end[short] = min(k, n)
     return (csum[end] - csum[start]) / np.maximum(end - start, 1)
 
 
@@ -213,35 +215,38 @@ def rr_context(r_peaks: np.ndarray, fs: float, cfg: BeatContextConfig) -> np.nda
     out = np.zeros((n, len(RR_CONTEXT_NAMES)), dtype=np.float32)
     if n == 0:
         return out
-    if n > 1 and np.any(np.diff(r) <= 0):
+    d = np.diff(r)
+    if n > 1 and np.any(d <= 0):
         raise ValueError("r_peaks must be strictly increasing sample indices")
     if n == 1:
         out[0, :2] = 0.8
         return out
-    rr = np.diff(r) / fs  # (n - 1,) seconds
+    rr = d / fs  # (n - 1,) seconds
     # Beat i's pre-RR is interval i - 1: its history is intervals [i - 1 - k, i - 1).
     short = _history_means(rr, cfg.rr_short_beats, -1, n)
     long = _history_means(rr, cfg.rr_long_beats, -1, n)
-    has_pre = np.arange(n) > 0
-    has_post = np.arange(n) < n - 1
-    pre = np.where(has_pre, np.concatenate([[0.0], rr]), short)
-    post = np.where(has_post, np.concatenate([rr, [0.0]]), short)
-
-    def logratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.clip(np.log(np.maximum(a, 1e-3) / np.maximum(b, 1e-3)), -_LOG_CLIP, _LOG_CLIP)
-
-    cols = (
-        pre,
-        post,
-        logratio(pre, short),
-        logratio(post, short),
-        logratio(pre, long),
-        logratio(post, long),
-        logratio(short, long),
-        has_pre.astype(np.float64),
-        has_post.astype(np.float64),
-    )
-    return np.stack(cols, axis=1).astype(np.float32)
+    # Numerators and denominators of the five log ratios, one row each, float64 (n,).
+    num = np.empty((5, n))
+    den = np.empty((5, n))
+    pre, post = num[0], num[1]
+    pre[0], pre[1:] = short[0], rr  # the first beat's pre-RR is unknown: the reference
+    post[-1], post[:-1] = short[-1], rr  # the last beat's post-RR likewise
+    num[2], num[3], num[4] = pre, post, short
+    den[0], den[1], den[2:] = short, short, long
+    np.maximum(num, 1e-3, out=num)
+    np.maximum(den, 1e-3, out=den)
+    ratio = np.log(num / den)
+    np.clip(ratio, -_LOG_CLIP, _LOG_CLIP, out=ratio)
+    # Columns: pre, post, the logs (pre/short, post/short, pre/long, post/long, short/long),
+    # has_pre, has_post. num[0] and num[1] were floored at 1e-3 in place: take pre/post again.
+    out[1:, 0] = rr
+    out[0, 0] = short[0]
+    out[:-1, 1] = rr
+    out[-1, 1] = short[-1]
+    out[:, 2:7] = ratio.T
+    out[1:, 7] = 1.0
+    out[:-1, 8] = 1.0
+    return out
 
 
 def running_templates(waves: np.ndarray, k: int) -> np.ndarray:
@@ -266,11 +271,11 @@ def running_templates(waves: np.ndarray, k: int) -> np.ndarray:
     if n == 0:
         return out
     head = min(k, n)
-    out[: min(k, n)] = np.median(w[:head], axis=0)
+    out[:head] = median_along(w[:head], 0)
     if n > k:
         # windows[j] = median of w[j : j + k] is the template of beat j + k.
         view = np.lib.stride_tricks.sliding_window_view(w[: n - 1], k, axis=0)  # (n-k, w, k)
-        out[k:] = np.median(view, axis=2)
+        out[k:] = median_along(view, 2)
     return out
 
 
@@ -283,16 +288,23 @@ def _shift_best(
     core_t = templates[:, m : w - m] if m else templates
     tc = core_t - core_t.mean(axis=1, keepdims=True)
     tn = np.sqrt((tc**2).sum(axis=1))
-    best = np.full(n, -1.0)
-    best_shift = np.zeros(n, dtype=np.int64)
-    for s in range(-m, m + 1):
-        seg = beats[:, m + s : w - m + s] if m else beats
-        bc = seg - seg.mean(axis=1, keepdims=True)
-        bn = np.sqrt((bc**2).sum(axis=1))
-        corr = (bc * tc).sum(axis=1) / np.maximum(bn * tn, 1e-9)
-        better = corr > best
-        best = np.where(better, corr, best)
-        best_shift = np.where(better, s, best_shift)
+    # Every shift at once: segs[i, j] = beats[i, j : j + w - 2m] is shift j - m. A contiguous copy,
+    # so each sum below runs along contiguous memory, as the per-shift sums did (same rounding).
+    if m:
+        segs = np.lib.stride_tricks.sliding_window_view(beats, w - 2 * m, axis=1).copy()
+    else:
+        segs = beats[:, None, :]
+    bc = segs - segs.mean(axis=2, keepdims=True)  # (n, 2m + 1, w - 2m)
+    bn = np.sqrt((bc**2).sum(axis=2))
+    corr = (bc * tc[:, None, :]).sum(axis=2) / np.maximum(bn * tn[:, None], 1e-9)  # (n, 2m + 1)
+    # The first shift with the largest correlation, if above -1 (NaN never wins), as a running
+    # "strictly better" scan from -1 would pick.
+    corr = np.where(np.isnan(corr), -np.inf, corr)
+    k = np.argmax(corr, axis=1)
+    top = corr[np.arange(n), k].astype(np.float64)
+    better = top > -1.0
+    best = np.where(better, top, -1.0)
+    best_shift = np.where(better, k - m, 0).astype(np.int64)
     return best, best_shift
 
 
@@ -333,24 +345,29 @@ def context_from_windows(
         )
     rr = rr_context(r_peaks, fs, cfg)
     n, width = w.shape
+    n_rr = rr.shape[1]
+    feats = np.empty((n, n_rr + len(MORPH_CONTEXT_NAMES)), dtype=np.float32)
+    feats[:, :n_rr] = rr
     templates = running_templates(w, cfg.template_beats)
+    waves_out = np.empty((n, 2, width), dtype=np.float32)
+    if n == 0:
+        return BeatContext(waves=waves_out, features=feats, templates=templates)
     scale = np.maximum(np.ptp(templates, axis=1), _MIN_SCALE_MV)  # (n,) mV
     max_shift = min(round(cfg.max_shift_s * fs_target), max(0, (width - 2) // 4))
-    corr, _ = _shift_best(w, templates, max_shift) if n else (np.zeros(0), None)
-    diff = w - templates
-    mad = np.abs(diff).mean(axis=1) / scale if n else np.zeros(0)
+    corr, _ = _shift_best(w, templates, max_shift)
+    diff = np.subtract(w, templates, out=waves_out[:, 1])
+    adiff = np.abs(diff)
     r_pos = int(r_index)
     q0 = max(0, r_pos - round(cfg.qrs_before_s * fs_target))
     q1 = min(width, r_pos + round(cfg.qrs_after_s * fs_target) + 1)
-    qrs = np.abs(diff[:, q0:q1]).mean(axis=1) / scale if n else np.zeros(0)
-    amp = np.clip(
-        np.log(np.maximum(np.ptp(w, axis=1), 1e-3) / scale) if n else np.zeros(0),
-        -_LOG_CLIP,
-        _LOG_CLIP,
-    )
-    morph = np.stack([corr, mad, qrs, amp], axis=1) if n else np.zeros((0, 4))
-    feats = np.concatenate([rr, morph.astype(np.float32)], axis=1).astype(np.float32)
-    waves_out = np.stack([w / scale[:, None], diff / scale[:, None]], axis=1).astype(np.float32)
+    feats[:, n_rr] = corr
+    feats[:, n_rr + 1] = adiff.mean(axis=1) / scale
+    feats[:, n_rr + 2] = adiff[:, q0:q1].mean(axis=1) / scale
+    amp = np.log(np.maximum(np.ptp(w, axis=1), 1e-3) / scale)
+    feats[:, n_rr + 3] = np.clip(amp, -_LOG_CLIP, _LOG_CLIP)
+    inv = scale[:, None]
+    np.divide(w, inv, out=waves_out[:, 0])
+    np.divide(diff, inv, out=diff)
     return BeatContext(waves=waves_out, features=feats, templates=templates)
 
 

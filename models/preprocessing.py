@@ -33,6 +33,24 @@ import numpy as np
 from scipy import ndimage
 from scipy import signal as sps
 
+# SciPy's compiled kernels, the ones its public wrappers call after validating their arguments (and,
+# for sosfiltfilt, solving for the initial conditions again): on a 10-s strip the wrappers cost
+# more than the filtering. The fast paths below repeat the wrappers' steps exactly, so the output is
+# the same bit for bit (tests/models/test_preprocessing_kernels.py compares them with the public
+# functions); a SciPy that moved a kernel gets the public function instead.
+try:
+    from scipy.signal._sosfilt import _sosfilt as _sosfilt_kernel
+except ImportError:  # pragma: no cover - the public path, same numbers
+    _sosfilt_kernel = None
+try:
+    from scipy.signal._upfirdn import _output_len, _UpFIRDn
+except ImportError:  # pragma: no cover
+    _UpFIRDn = None
+try:
+    from scipy.ndimage._rank_filter_1d import rank_filter as _rank_filter_1d
+except ImportError:  # pragma: no cover
+    _rank_filter_1d = None
+
 __all__ = [
     "DETECTION_FS",
     "RR_FEATURE_NAMES",
@@ -43,6 +61,7 @@ __all__ = [
     "beat_windows",
     "detect_rpeaks",
     "find_local_peaks",
+    "median_along",
     "normalise",
     "normalise_beats",
     "notch",
@@ -180,8 +199,44 @@ def resample(signal: np.ndarray, fs: float, fs_target: float) -> np.ndarray:
     if ratio == 1:
         return x
     up, down = ratio.numerator, ratio.denominator
-    y = sps.resample_poly(x, up, down, axis=0, window=_resample_filter(up, down))
+    if _UpFIRDn is None:  # pragma: no cover - a SciPy without the private helper
+        y = sps.resample_poly(x, up, down, axis=0, window=_resample_filter(up, down))
+    else:
+        y = _resample_poly(x, up, down)
     return y.astype(np.float32, copy=False)
+
+
+def _resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
+    """``resample_poly(x, up, down, axis=0, window=_resample_filter(up, down))`` for float32 ``x``
+    (coprime ``up``, ``down``), with the polyphase filter prepared once per length class.
+
+    The steps of SciPy's ``resample_poly`` with its default ``padtype="constant"``: the taps
+    times ``up``, zero-padded so the output is centred, filtered by ``upfirdn``, ends trimmed.
+    """
+    half_len = 10 * max(up, down)  # (taps - 1) // 2 of _resample_filter
+    n_in = x.shape[0]
+    n_out = n_in * up
+    n_out = n_out // down + bool(n_out % down)
+    n_pre_pad = down - half_len % down
+    n_post_pad = 0
+    n_pre_remove = (half_len + n_pre_pad) // down
+    while _output_len(2 * half_len + 1 + n_pre_pad + n_post_pad, n_in, up, down) < (
+        n_out + n_pre_remove
+    ):
+        n_post_pad += 1
+    y = _upfirdn_plan(up, down, n_post_pad).apply_filter(x, 0, "constant", 0)
+    return y[n_pre_remove : n_pre_remove + n_out]
+
+
+@lru_cache(maxsize=64)
+def _upfirdn_plan(up: int, down: int, n_post_pad: int) -> Any:
+    """SciPy's prepared polyphase filter for float32 signals, as ``resample_poly`` builds it."""
+    h = np.array(_resample_filter(up, down))  # float32 copy
+    h *= up
+    half_len = (h.shape[0] - 1) // 2
+    n_pre_pad = down - half_len % down
+    h = np.concatenate((np.zeros(n_pre_pad, dtype=h.dtype), h, np.zeros(n_post_pad, dtype=h.dtype)))
+    return _UpFIRDn(h, np.dtype(np.float32), up, down)
 
 
 @lru_cache(maxsize=64)
@@ -204,6 +259,44 @@ def _butter_bandpass(order: int, low_hz: float, high_hz: float, fs: float) -> np
     """Second-order sections of a Butterworth band-pass, cached per design (callers must not
     modify it: SciPy's ``sosfilt`` needs a writable buffer, so it is not frozen)."""
     return sps.butter(order, [low_hz, high_hz], btype="bandpass", fs=fs, output="sos")
+
+
+@lru_cache(maxsize=64)
+def _sos_zi(order: int, low_hz: float, high_hz: float, fs: float) -> np.ndarray:
+    """``sosfilt_zi`` of :func:`_butter_bandpass`'s design (a linear solve per section), cached."""
+    zi = sps.sosfilt_zi(_butter_bandpass(order, low_hz, high_hz, fs))
+    zi.setflags(write=False)
+    return zi
+
+
+def _sosfiltfilt(sos: np.ndarray, zi: np.ndarray, x: np.ndarray, padlen: int) -> np.ndarray:
+    """``sosfiltfilt(sos, x, axis=0, padlen=padlen)`` (``padtype="odd"``) given ``zi =
+    sosfilt_zi(sos)``: the same steps, on float32 ``(n,)`` or ``(n, n_leads)`` ``x``.
+
+    Odd extension by ``padlen`` samples at both ends (in ``x``'s dtype, as SciPy does), a forward
+    pass from the state ``zi * ext[0]``, a backward pass from ``zi * y[-1]``, the pad removed.
+    Returns float64 of ``x``'s shape.
+    """
+    if _sosfilt_kernel is None:  # pragma: no cover - the public path, same numbers
+        return np.asarray(sps.sosfiltfilt(sos, x, axis=0, padlen=padlen))
+    xt = x.reshape(x.shape[0], -1).T  # (n_leads, n)
+    if padlen > 0:
+        n = padlen
+        xt = np.concatenate(
+            (2 * xt[:, :1] - xt[:, n:0:-1], xt, 2 * xt[:, -1:] - xt[:, -2 : -(n + 2) : -1]), axis=1
+        )
+    # Forward: sosfilt copies the signal to C-ordered float64 and filters it in place.
+    y = np.array(xt, dtype=np.float64, order="C")
+    state = np.ascontiguousarray(zi[None, :, :] * xt[:, :1, None].astype(np.float64))
+    _sosfilt_kernel(sos, y, state)
+    # Backward, from the forward output's last sample.
+    state = np.ascontiguousarray(zi[None, :, :] * y[:, -1:, None])
+    y = np.array(y[:, ::-1], order="C")
+    _sosfilt_kernel(sos, y, state)
+    y = y[:, ::-1]
+    if padlen > 0:
+        y = y[:, padlen:-padlen]
+    return y.T.reshape(x.shape)
 
 
 def _odd(n: float) -> int:
@@ -238,7 +331,8 @@ def bandpass(signal: np.ndarray, fs: float, cfg: PreprocessConfig) -> np.ndarray
     high = min(cfg.lowpass_hz, 0.45 * fs)
     sos = _butter_bandpass(cfg.filter_order, cfg.highpass_hz, high, fs)
     padlen = min(x.shape[0] - 1, 3 * (2 * len(sos) + 1) * 10)
-    y = sps.sosfiltfilt(sos, x, axis=0, padlen=max(padlen, 0))
+    zi = _sos_zi(cfg.filter_order, cfg.highpass_hz, high, fs)
+    y = _sosfiltfilt(sos, zi, x, max(padlen, 0))
     return y.astype(np.float32, copy=False)
 
 
@@ -388,9 +482,28 @@ def beat_windows(signal: np.ndarray, r_peaks: np.ndarray, cfg: PreprocessConfig)
     """
     x = np.asarray(signal, dtype=np.float32)
     before, after = _beat_offsets(cfg)
-    padded = np.pad(x, (before, after), mode="edge")
-    idx = np.asarray(r_peaks, dtype=np.int64)[:, None] + np.arange(before + after)[None, :]
-    w = padded[np.clip(idx, 0, padded.shape[0] - 1)]
+    width = before + after
+    peaks = np.asarray(r_peaks, dtype=np.int64)
+    if x.ndim != 1 or x.shape[0] == 0 or peaks.ndim != 1 or width == 0:
+        # the general form (and its errors)
+        padded = np.pad(x, (before, after), mode="edge")
+        idx = peaks[:, None] + np.arange(width)[None, :]
+        w = padded[np.clip(idx, 0, padded.shape[0] - 1)]
+        return normalise_beats(w, cfg.beat_normalise)
+    # Edge-padded far enough that no window runs off (the same samples as clipping the indices
+    # into a pad of ``before``/``after``), then one strided view, one row per peak.
+    lo = int(peaks.min()) if peaks.size else 0
+    hi = int(peaks.max()) if peaks.size else 0
+    extra_lo = max(0, -lo)
+    extra_hi = max(0, hi - (x.shape[0] - 1))
+    padded = np.concatenate(
+        (
+            np.full(before + extra_lo, x[0], dtype=np.float32),
+            x,
+            np.full(after + extra_hi, x[-1], dtype=np.float32),
+        )
+    )
+    w = np.lib.stride_tricks.sliding_window_view(padded, width)[peaks + extra_lo]
     return normalise_beats(w, cfg.beat_normalise)
 
 
@@ -402,12 +515,54 @@ def normalise_beats(waves: np.ndarray, method: str) -> np.ndarray:
     """
     w = np.asarray(waves, dtype=np.float32)
     if method == "median":
-        w = w - np.median(w, axis=1, keepdims=True)
+        w = w - median_along(w, 1)[:, None] if w.ndim == 2 else w - np.median(w, 1, keepdims=True)
     elif method == "zscore":
         w = (w - w.mean(axis=1, keepdims=True)) / np.maximum(w.std(axis=1, keepdims=True), 1e-6)
     elif method != "none":
         raise ValueError(f"unknown beat normalisation {method!r}; expected none, median or zscore")
     return w.astype(np.float32, copy=False)
+
+
+def median_along(a: np.ndarray, axis: int) -> np.ndarray:
+    """``np.median(a, axis=axis)`` of a float array, bit for bit, with less overhead.
+
+    NumPy partitions at the middle element(s) and at the last one (a NaN check) in one call,
+    which is several times slower than partitioning at one element; here the data are partitioned
+    at ``mid = n // 2`` alone, along contiguous memory. The result is what NumPy's ``mean`` of the
+    middle one or two order statistics gives, in the array's dtype: ``0 + a[mid]``, or for an
+    even count ``(0 + a[mid - 1] + a[mid]) / 2``, where ``a[mid - 1]`` is the largest element
+    left of ``mid`` (the sum starting at +0 makes the sign of a zero irrelevant: a median of -0 is
+    +0, as in NumPy); NaN wherever the data hold a NaN (NaN sorts last, so right of ``mid``).
+
+    Parameters
+    ----------
+    a : np.ndarray
+        float32 or float64 array (others, and an empty ``axis``, fall back to NumPy).
+    axis : int
+
+    Returns
+    -------
+    np.ndarray
+        ``a``'s shape without ``axis``, ``a``'s dtype.
+    """
+    sz = a.shape[axis]
+    if sz == 0 or a.dtype not in (np.float32, np.float64):
+        return np.asarray(np.median(a, axis=axis))
+    mid = sz // 2
+    part = np.moveaxis(a, axis, -1).copy(order="C")  # partitioned in place: never ``a`` itself
+    part.partition(mid, axis=-1)
+    zero = a.dtype.type(0.0)
+    if sz % 2:
+        out = part[..., mid] + zero
+    else:
+        out = part[..., :mid].max(axis=-1)
+        out += zero
+        out += part[..., mid]
+        out /= a.dtype.type(2.0)
+    nans = np.isnan(part[..., mid:]).any(axis=-1)
+    if nans.any():
+        out[nans] = np.nan
+    return out
 
 
 def rr_features(r_peaks: np.ndarray, fs: float, cfg: PreprocessConfig) -> np.ndarray:
