@@ -167,12 +167,12 @@ class BeatContext:
         return self.features[:, idx]
 
 
-def _history_means(values: np.ndarray, k: int, offset: int, n_out: int) -> np.ndarray:
-    """Mean of the ``k`` values before ``i + offset`` for each position, strip-start filled."""
-    n = values.shape[0]
-    csum = np.empty(n + 1)
-    csum[0] = 0.0
-    np.cumsum(values, out=csum[1:])
+def _history_means(csum: np.ndarray, k: int, offset: int, n_out: int) -> np.ndarray:
+    """Mean of the ``k`` values before ``i + offset`` for each position, strip-start filled.
+
+    ``csum`` is ``[0, cumsum(values)]``, float64 ``(n_values + 1,)``.
+    """
+    n = csum.shape[0] - 1
     end = np.arange(offset, n_out + offset)
     start = end - k
     short = start < 0  # not enough history: the strip's first min(k, n) values instead
@@ -222,9 +222,12 @@ def rr_context(r_peaks: np.ndarray, fs: float, cfg: BeatContextConfig) -> np.nda
         out[0, :2] = 0.8
         return out
     rr = d / fs  # (n - 1,) seconds
+    csum = np.empty(n)
+    csum[0] = 0.0
+    np.cumsum(rr, out=csum[1:])
     # Beat i's pre-RR is interval i - 1: its history is intervals [i - 1 - k, i - 1).
-    short = _history_means(rr, cfg.rr_short_beats, -1, n)
-    long = _history_means(rr, cfg.rr_long_beats, -1, n)
+    short = _history_means(csum, cfg.rr_short_beats, -1, n)
+    long = _history_means(csum, cfg.rr_long_beats, -1, n)
     # Numerators and denominators of the five log ratios, one row each, float64 (n,).
     num = np.empty((5, n))
     den = np.empty((5, n))
@@ -291,7 +294,9 @@ def _shift_best(
     # Every shift at once: segs[i, j] = beats[i, j : j + w - 2m] is shift j - m. A contiguous copy,
     # so each sum below runs along contiguous memory, as the per-shift sums did (same rounding).
     if m:
-        segs = np.lib.stride_tricks.sliding_window_view(beats, w - 2 * m, axis=1).copy()
+        s0, s1 = beats.strides
+        segs = np.lib.stride_tricks.as_strided(beats, (n, 2 * m + 1, w - 2 * m), (s0, s1, s1))
+        segs = segs.copy()  # C order (do not index a view: its copy's memory order differs)
     else:
         segs = beats[:, None, :]
     bc = segs - segs.mean(axis=2, keepdims=True)  # (n, 2m + 1, w - 2m)
@@ -352,7 +357,8 @@ def context_from_windows(
     waves_out = np.empty((n, 2, width), dtype=np.float32)
     if n == 0:
         return BeatContext(waves=waves_out, features=feats, templates=templates)
-    scale = np.maximum(np.ptp(templates, axis=1), _MIN_SCALE_MV)  # (n,) mV
+    # peak-to-peak amplitudes as np.ptp computes them (max - min)
+    scale = np.maximum(templates.max(axis=1) - templates.min(axis=1), _MIN_SCALE_MV)  # (n,) mV
     max_shift = min(round(cfg.max_shift_s * fs_target), max(0, (width - 2) // 4))
     corr, _ = _shift_best(w, templates, max_shift)
     diff = np.subtract(w, templates, out=waves_out[:, 1])
@@ -363,7 +369,7 @@ def context_from_windows(
     feats[:, n_rr] = corr
     feats[:, n_rr + 1] = adiff.mean(axis=1) / scale
     feats[:, n_rr + 2] = adiff[:, q0:q1].mean(axis=1) / scale
-    amp = np.log(np.maximum(np.ptp(w, axis=1), 1e-3) / scale)
+    amp = np.log(np.maximum(w.max(axis=1) - w.min(axis=1), 1e-3) / scale)
     feats[:, n_rr + 3] = np.clip(amp, -_LOG_CLIP, _LOG_CLIP)
     inv = scale[:, None]
     np.divide(w, inv, out=waves_out[:, 0])

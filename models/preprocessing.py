@@ -47,7 +47,10 @@ try:
 except ImportError:  # pragma: no cover
     _UpFIRDn = None
 try:
+    from scipy.ndimage._ni_support import _extend_mode_to_code
     from scipy.ndimage._rank_filter_1d import rank_filter as _rank_filter_1d
+
+    _NEAREST = _extend_mode_to_code("nearest", is_filter=True)
 except ImportError:  # pragma: no cover
     _rank_filter_1d = None
 
@@ -179,6 +182,14 @@ def _rate_fraction(fs: float) -> Fraction:
     return Fraction(fs).limit_denominator(1000)
 
 
+@lru_cache(maxsize=256)
+def _resample_factors(fs: float, fs_target: float) -> tuple[int, int]:
+    """Coprime ``(up, down)`` with ``up / down = fs_target / fs`` (rates as fractions of
+    denominator <= 1000); ``(1, 1)`` when the rates are equal."""
+    ratio = _rate_fraction(fs_target) / _rate_fraction(fs)
+    return ratio.numerator, ratio.denominator
+
+
 def resample(signal: np.ndarray, fs: float, fs_target: float) -> np.ndarray:
     """Resample along the time axis with a polyphase filter.
 
@@ -195,10 +206,9 @@ def resample(signal: np.ndarray, fs: float, fs_target: float) -> np.ndarray:
         float32, ``(round(n_samples * fs_target / fs), ...)``.
     """
     x = _check_signal(signal, fs)
-    ratio = _rate_fraction(fs_target) / _rate_fraction(fs)
-    if ratio == 1:
+    up, down = _resample_factors(float(fs), float(fs_target))
+    if up == down:
         return x
-    up, down = ratio.numerator, ratio.denominator
     if _UpFIRDn is None:  # pragma: no cover - a SciPy without the private helper
         y = sps.resample_poly(x, up, down, axis=0, window=_resample_filter(up, down))
     else:
@@ -315,11 +325,26 @@ def remove_baseline(signal: np.ndarray, fs: float, cfg: PreprocessConfig) -> np.
     x = _check_signal(signal, fs)
     if cfg.baseline == "none":
         return x
-    size = (_odd(0.2 * fs), 1) if x.ndim == 2 else _odd(0.2 * fs)
-    base = ndimage.median_filter(x, size=size, mode="nearest")
-    size = (_odd(0.6 * fs), 1) if x.ndim == 2 else _odd(0.6 * fs)
-    base = ndimage.median_filter(base, size=size, mode="nearest")
+    base = _median_filter(x, _odd(0.2 * fs))
+    base = _median_filter(base, _odd(0.6 * fs))
     return (x - base).astype(np.float32, copy=False)
+
+
+def _median_filter(x: np.ndarray, size: int) -> np.ndarray:
+    """``ndimage.median_filter(x, size, mode="nearest")`` along axis 0 of float32 ``(n,)`` or
+    ``(n, n_leads)`` ``x``; for one lead SciPy's 1-D kernel is called directly, where SciPy
+    itself would call it (odd ``size`` >= 3, ``n >= (size - 1) // 2``)."""
+    if (
+        _rank_filter_1d is None
+        or x.ndim != 1
+        or x.dtype != np.float32
+        or size < 3
+        or x.shape[0] < (size - 1) // 2
+    ):
+        return ndimage.median_filter(x, size=(size, 1) if x.ndim == 2 else size, mode="nearest")
+    out = np.zeros(x.shape, dtype=x.dtype)
+    _rank_filter_1d(x, size // 2, size, out, _NEAREST, x.dtype.type(0.0), 0)
+    return out
 
 
 def bandpass(signal: np.ndarray, fs: float, cfg: PreprocessConfig) -> np.ndarray:
@@ -503,7 +528,7 @@ def beat_windows(signal: np.ndarray, r_peaks: np.ndarray, cfg: PreprocessConfig)
             np.full(after + extra_hi, x[-1], dtype=np.float32),
         )
     )
-    w = np.lib.stride_tricks.sliding_window_view(padded, width)[peaks + extra_lo]
+    w = padded[(peaks + extra_lo)[:, None] + np.arange(width)]
     return normalise_beats(w, cfg.beat_normalise)
 
 
@@ -549,19 +574,24 @@ def median_along(a: np.ndarray, axis: int) -> np.ndarray:
     if sz == 0 or a.dtype not in (np.float32, np.float64):
         return np.asarray(np.median(a, axis=axis))
     mid = sz // 2
-    part = np.moveaxis(a, axis, -1).copy(order="C")  # partitioned in place: never ``a`` itself
-    part.partition(mid, axis=-1)
+    ax = axis % a.ndim
+
+    def along(index: int | slice) -> tuple[int | slice, ...]:
+        return (slice(None),) * ax + (index,)
+
+    part = np.array(a, order="C")  # partitioned in place: a copy, never ``a`` itself
+    part.partition(mid, axis=ax)
     zero = a.dtype.type(0.0)
     if sz % 2:
-        out = part[..., mid] + zero
+        out = part[along(mid)] + zero
     else:
-        out = part[..., :mid].max(axis=-1)
+        out = np.maximum.reduce(part[along(slice(None, mid))], axis=ax)
         out += zero
-        out += part[..., mid]
+        out += part[along(mid)]
         out /= a.dtype.type(2.0)
-    nans = np.isnan(part[..., mid:]).any(axis=-1)
-    if nans.any():
-        out[nans] = np.nan
+    upper = np.isnan(part[along(slice(mid, None))])
+    if upper.any():
+        out[upper.any(axis=ax)] = np.nan
     return out
 
 
