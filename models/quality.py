@@ -88,7 +88,7 @@ from scipy import ndimage
 from scipy import signal as sps
 
 from models.preprocessing import detect_rpeaks
-from models.zero_phase import ZeroPhaseFilter
+from models.zero_phase import ZeroPhaseFilter, derivative
 
 __all__ = [
     "GOOD",
@@ -306,22 +306,19 @@ def detect_rpeaks_pantompkins(signal: np.ndarray, fs: float) -> np.ndarray:
     if x.shape[0] < int(0.5 * fs) or float(np.ptp(x)) == 0.0:
         return np.zeros(0, dtype=np.int64)
     band = _filt(x, fs, 5.0, 15.0)
-    energy = np.gradient(band) ** 2
+    energy = derivative(band) ** 2
     mwi = ndimage.uniform_filter1d(energy, size=max(1, round(0.15 * fs)), mode="nearest")
     local_max = ndimage.maximum_filter1d(mwi, size=max(1, round(2.0 * fs)), mode="nearest")
-    reference = ndimage.median_filter(
-        local_max[:: max(1, round(fs / 10))], size=81, mode="nearest"
-    )  # 8 s at 10 Hz
-    reference = np.interp(
-        np.arange(x.shape[0]), np.arange(reference.shape[0]) * max(1, round(fs / 10)), reference
-    )
+    step = max(1, round(fs / 10))
+    reference = ndimage.median_filter(local_max[::step], size=81, mode="nearest")  # 8 s at 10 Hz
     candidates, _ = sps.find_peaks(mwi, distance=max(1, round(0.25 * fs)))
-    keep = candidates[mwi[candidates] > 0.3 * reference[candidates]]
+    # the reference level interpolated linearly between its 10-Hz samples, at the candidates only
+    level = np.interp(candidates, np.arange(reference.shape[0]) * step, reference)
+    keep = candidates[mwi[candidates] > 0.3 * level]
     if keep.size == 0:
         return np.zeros(0, dtype=np.int64)
     half = max(1, round(0.1 * fs))
-    offsets = np.arange(-half, half + 1)
-    idx = np.clip(keep[:, None] + offsets[None, :], 0, x.shape[0] - 1)
+    idx = _around(keep, half, half + 1, x.shape[0])
     peaks = idx[np.arange(idx.shape[0]), np.argmax(np.abs(band[idx]), axis=1)]
     return np.unique(peaks.astype(np.int64))
 
@@ -407,12 +404,18 @@ def _power(p: np.ndarray, nperseg: int, fs: float, lo: float, hi: float) -> floa
     return float(np.add.reduce(p[_bins(nperseg, fs, lo, hi)]))
 
 
+def _around(peaks: np.ndarray, before: int, after: int, n: int) -> np.ndarray:
+    """int ``(n_peaks, before + after)`` sample indices from ``before`` samples before each of
+    the sorted ``peaks`` to ``after - 1`` after it, clipped to ``[0, n - 1]``."""
+    idx = peaks[:, None] + np.arange(-before, after)[None, :]
+    if peaks[0] - before < 0 or peaks[-1] + after > n:
+        idx = np.clip(idx, 0, n - 1)
+    return idx
+
+
 def _beat_matrix(x: np.ndarray, peaks: np.ndarray, before: int, after: int) -> np.ndarray:
     """``(n_peaks, before + after)`` samples around sorted ``peaks`` (edges repeated)."""
-    idx = peaks[:, None] + np.arange(-before, after)[None, :]
-    if peaks[0] - before < 0 or peaks[-1] + after > x.shape[0]:
-        idx = np.clip(idx, 0, x.shape[0] - 1)
-    return x[idx]
+    return x[_around(peaks, before, after, x.shape[0])]
 
 
 def _corr_rows(beats: np.ndarray, template: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from scipy import ndimage
 from scipy import signal as sps
 
 from models.preprocessing import DETECTION_FS, resample
-from models.zero_phase import ZeroPhaseFilter
+from models.zero_phase import ZeroPhaseFilter, derivative
 
 __all__ = ["QRSDetectorConfig", "detect_qrs", "detect_xqrs"]
 
@@ -96,6 +96,15 @@ def _bandpass(low_hz: float, high_hz: float, fs: float) -> ZeroPhaseFilter:
 def _filtfilt(x: np.ndarray, band: tuple[float, float], fs: float) -> np.ndarray:
     """``sosfiltfilt`` of float64 ``x`` with a 60-sample odd pad (at most ``len(x) - 1``)."""
     return _bandpass(band[0], min(band[1], 0.45 * fs), fs)(x, padlen=min(x.shape[0] - 1, 60))
+
+
+def _around(peaks: np.ndarray, half: int, n: int) -> np.ndarray:
+    """int ``(n_peaks, 2 * half + 1)`` sample indices within ``half`` of each of the
+    (non-empty) ``peaks``, clipped to ``[0, n - 1]``."""
+    idx = peaks[:, None] + np.arange(-half, half + 1)[None, :]
+    if np.minimum.reduce(peaks) - half < 0 or np.maximum.reduce(peaks) + half >= n:
+        idx = np.clip(idx, 0, n - 1)
+    return idx
 
 
 class _Levels:
@@ -197,7 +206,7 @@ def detect_qrs(signal: np.ndarray, fs: float, cfg: QRSDetectorConfig | None = No
     fsd = DETECTION_FS
     xd = resample(x, fs, fsd).astype(np.float64)
     n = xd.shape[0]
-    slope = np.gradient(_filtfilt(xd, cfg.band_hz, fsd))
+    slope = derivative(_filtfilt(xd, cfg.band_hz, fsd))
     mwi = ndimage.uniform_filter1d(
         slope * slope, size=max(1, round(cfg.mwi_s * fsd)), mode="nearest"
     )
@@ -205,12 +214,11 @@ def detect_qrs(signal: np.ndarray, fs: float, cfg: QRSDetectorConfig | None = No
     if cand.size == 0:
         return np.zeros(0, dtype=np.int64)
     half = round(0.075 * fsd)  # the QRS's steepest slope lies within 75 ms of its MWI peak
-    idx = np.clip(cand[:, None] + np.arange(-half, half + 1)[None, :], 0, n - 1)
-    steepest = np.max(np.abs(slope[idx]), axis=1)
+    steepest = np.maximum.reduce(np.abs(slope[_around(cand, half, n)]), axis=1)
 
     start = mwi[: max(1, int(min(n, cfg.init_s * fsd)))]
     block = max(1, int(2.0 * fsd))
-    maxima = [float(start[i : i + block].max()) for i in range(0, start.shape[0], block)]
+    maxima = np.maximum.reduceat(start, np.arange(0, start.shape[0], block))  # per 2-s block
     levels = _Levels(
         spk=0.5 * float(np.median(maxima)), npk=0.5 * float(np.median(start)), rr_init=0.8 * fsd
     )
@@ -220,8 +228,7 @@ def detect_qrs(signal: np.ndarray, fs: float, cfg: QRSDetectorConfig | None = No
     peaks = cand[np.asarray(chosen, dtype=np.int64)]
 
     located = np.abs(_filtfilt(xd, cfg.locate_band_hz, fsd))
-    half = round(cfg.locate_s * fsd)
-    idx = np.clip(peaks[:, None] + np.arange(-half, half + 1)[None, :], 0, n - 1)
+    idx = _around(peaks, round(cfg.locate_s * fsd), n)
     apex = idx[np.arange(peaks.shape[0]), np.argmax(located[idx], axis=1)]
     out = np.round(apex * (fs / fsd)).astype(np.int64)
     return np.unique(np.clip(out, 0, x.shape[0] - 1))

@@ -7,6 +7,9 @@ default pad length of one design and runs the same steps as ``sosfiltfilt(sos, x
 ``padtype="odd"``: odd extension at both ends, forward pass started at ``zi * ext[0]``, backward
 pass started at ``zi * y[-1]``, pad removed, so the output equals SciPy's bit for bit (checked by
 ``tests/models/test_zero_phase.py`` and ``python -m bench.quality_speed``).
+
+:func:`derivative` is ``np.gradient`` of a 1-D signal with unit spacing, the same arithmetic
+without its argument handling (the detectors' derivative step).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ try:  # SciPy's compiled kernel, the one sps.sosfilt calls after validating its 
 except ImportError:  # pragma: no cover - a SciPy that moved it: the public path, same numbers
     _kernel = None
 
-__all__ = ["ZeroPhaseFilter"]
+__all__ = ["ZeroPhaseFilter", "derivative"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,3 +98,26 @@ class ZeroPhaseFilter:
         y = self._pass(ext, ext[0])
         y = self._pass(y[::-1], y[-1])[::-1]
         return y[edge:-edge] if edge > 0 else y
+
+
+def derivative(x: np.ndarray) -> np.ndarray:
+    """``np.gradient(x)`` of a float64 1-D signal: central differences inside, one-sided at the
+    two ends, per sample (same arithmetic, so the same numbers).
+
+    Parameters
+    ----------
+    x : np.ndarray
+        float64 ``(n_samples,)``, ``n_samples >= 2`` (shorter: ``np.gradient``'s error).
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``(n_samples,)``, per sample.
+    """
+    if x.ndim != 1 or x.shape[0] < 2 or x.dtype != np.float64:
+        return np.asarray(np.gradient(x))
+    out = np.empty_like(x)
+    out[1:-1] = (x[2:] - x[:-2]) / 2.0
+    out[0] = (x[1] - x[0]) / 1.0
+    out[-1] = (x[-1] - x[-2]) / 1.0
+    return out
