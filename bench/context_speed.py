@@ -15,7 +15,9 @@ Strips compared (real PhysioNet records, annotated beats as R peaks):
 * svdb strips at 128 Hz (10 s at three offsets, 300 s for some records);
 * PTB-XL lead II at 100 Hz (peaks from a plain peak finder);
 * non-default preprocessing / context configurations (notch, other rates and beat normalisations,
-  short histories, no shift) on a subset, and bad inputs, whose error message must be the same.
+  short histories, no shift) on a subset, and bad inputs, whose error message must be the same;
+* and :func:`models.preprocessing.preprocess_signal` alone on whole 30-min MIT-BIH records (as the
+  dataset builder calls it) and on 12-lead PTB-XL records with the PTB-XL task's configuration.
 
 Every array of the returned :class:`~models.beat_context.BeatContext` (``waves``, ``features``,
 ``templates``) must be bit-identical (same dtype, shape and values); the largest absolute and
@@ -273,6 +275,42 @@ def all_cases(raw_root: Path, quick: bool) -> list[Case]:
     return cases
 
 
+def preprocess_cases(raw_root: Path, quick: bool) -> list[Case]:
+    """Whole records (one lead) and 12-lead PTB-XL records for ``preprocess_signal`` alone."""
+    import wfdb
+
+    from models.tasks import DATASETS
+
+    mitdb = raw_root / "mitdb" / "1.0.0"
+    cases = []
+    for record in LONG_RECORDS[: 2 if quick else 4]:
+        signal, fs, _ = _read(mitdb / record, ("MLII",))
+        cases.append(Case(f"mitdb/{record} whole", signal, fs, np.zeros(0, dtype=np.int64)))
+    ptbxl = raw_root / "ptb-xl" / "1.0.1"
+    pre = DATASETS["ptb-xl"].preprocess
+    for ecg_id in PTBXL_IDS[: 3 if quick else None]:
+        path = ptbxl / "records100" / f"{(ecg_id // 1000) * 1000:05d}" / f"{ecg_id:05d}_lr"
+        if path.with_suffix(".hea").exists():
+            rec = wfdb.rdrecord(str(path))
+            x = rec.p_signal.astype(np.float32)
+            for name, cfg in (("ptb-xl task", pre), ("default", PreprocessConfig())):
+                c = Case(f"ptb-xl/{ecg_id} 12 leads [{name}]", x, float(rec.fs), x[:0, 0], pre=cfg)
+                cases.append(c)
+    return cases
+
+
+def compare_preprocess(ref: Callable[..., np.ndarray], cases: list[Case]) -> list[str]:
+    """Cases where ``preprocess_signal`` differs from the reference (dtype, shape or any bit)."""
+    from models.preprocessing import preprocess_signal
+
+    bad = []
+    for c in cases:
+        a, b = ref(c.signal, c.fs, c.pre), preprocess_signal(c.signal, c.fs, c.pre)
+        if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
+            bad.append(f"{c.name}: preprocess_signal differs")
+    return bad
+
+
 # --------------------------------------------------------------------------- comparison
 def _run(fn: ContextFn, case: Case) -> BeatContext | str:
     try:
@@ -381,6 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     cases = all_cases(raw_root, args.quick)
     logger.info("%d cases built in %.1f s", len(cases), time.perf_counter() - t0)
     result = compare(ref_fn, beat_context, cases)
+    pre_cases = preprocess_cases(raw_root, args.quick)
+    ref_pre = sys.modules[f"_ref_preprocessing_{''.join(c for c in args.ref if c.isalnum())}"]
+    result["mismatches"] += compare_preprocess(ref_pre.preprocess_signal, pre_cases)
+    result["preprocess_cases"] = len(pre_cases)
+    logger.info(
+        "preprocess_signal alone: %d whole records / 12-lead records compared",
+        len(pre_cases),
+    )
     logger.info(
         "compared %d cases (%d beats, %d refused inputs) against %s: %d mismatches; "
         "max |diff| %.3g, max relative diff %.3g",
