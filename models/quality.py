@@ -262,7 +262,7 @@ def _filt(x: np.ndarray, fs: float, low: float | None, high: float | None) -> np
     padlen = 3 * (2 * len(zero_phase.sos) + 1)
     if x.shape[0] <= padlen:
         return x - float(np.mean(x))
-    return zero_phase(x)
+    return np.ascontiguousarray(zero_phase(x))  # a reversed view otherwise
 
 
 def _check(signal: np.ndarray, fs: float) -> np.ndarray:
@@ -345,8 +345,33 @@ def _mean(x: np.ndarray) -> float:
     return float(np.add.reduce(x, axis=None, dtype=np.float64) / x.size)
 
 
+def _median0(a: np.ndarray) -> np.ndarray:
+    """``np.median(a, axis=0)`` of a 1-D or 2-D float64 array, finite values, non-empty along
+    axis 0: the same order statistics (the middle one, or the mean of the middle two) without
+    ``np.median``'s dispatch."""
+    n = a.shape[0]
+    k = n // 2
+    if n % 2:
+        return np.asarray(np.partition(a, k, axis=0)[k])
+    part = np.partition(a, (k - 1, k), axis=0)
+    return np.asarray((part[k - 1] + part[k]) / 2)
+
+
 def _flat_mask(x: np.ndarray, fs: float, th: QualityThresholds) -> np.ndarray:
+    """Samples whose range over the ``flat_s`` around them (``scipy.ndimage`` windows, edges
+    reflected) is under ``flat_mv``.
+
+    Shortcut with the same answer: every such window of ``size`` samples holds a whole block of
+    ``b = (size + 1) // 2`` samples (an aligned one, or the last ``b`` samples at the end), so
+    when no block's range is under ``flat_mv`` no window's is, and no sample is flat."""
     size = max(2, round(th.flat_s * fs))
+    n = x.shape[0]
+    b = (size + 1) // 2
+    if n >= size:
+        blocks = np.concatenate((x[: n - n % b], x[n - b :])).reshape(-1, b)
+        ranges = np.maximum.reduce(blocks, axis=1) - np.minimum.reduce(blocks, axis=1)
+        if np.minimum.reduce(ranges) >= th.flat_mv:
+            return np.zeros(n, dtype=bool)
     rng = ndimage.maximum_filter1d(x, size) - ndimage.minimum_filter1d(x, size)
     return rng < th.flat_mv
 
@@ -385,7 +410,11 @@ def _band_powers(x: np.ndarray, fs: float) -> tuple[int, np.ndarray]:
     and the power per bin, float64 ``(nperseg // 2 + 1,)``."""
     nperseg = int(min(x.shape[0], round(4 * fs)))
     step = max(1, nperseg // 2)
-    segs = np.lib.stride_tricks.sliding_window_view(x, nperseg)[::step]
+    n_segs = (x.shape[0] - nperseg) // step + 1  # sliding_window_view(x, nperseg)[::step]
+    stride = x.strides[0]
+    segs = np.lib.stride_tricks.as_strided(
+        x, shape=(n_segs, nperseg), strides=(step * stride, stride), writeable=False
+    )
     segs = segs - np.add.reduce(segs, axis=1, keepdims=True) / nperseg
     spectrum = np.fft.rfft(segs * _hann(nperseg), axis=1)
     p = np.add.reduce(spectrum.real**2 + spectrum.imag**2, axis=0) / segs.shape[0]
@@ -466,7 +495,7 @@ def _assess_window(
     if peaks.size:
         seg = _beat_matrix(band, peaks, half, half + 1)
         amps = np.maximum.reduce(seg, axis=1) - np.minimum.reduce(seg, axis=1)  # np.ptp
-        sqi["qrs_amp_mv"] = float(np.median(amps))
+        sqi["qrs_amp_mv"] = float(_median0(amps))
     else:
         amps = np.zeros(0)
         sqi["qrs_amp_mv"] = float(np.maximum.reduce(band) - np.minimum.reduce(band))
@@ -515,7 +544,7 @@ def _assess_window(
     before, after = round(_BEAT_BEFORE_S * fs), round(_BEAT_AFTER_S * fs)
     if peaks.size >= 2:
         beats = _beat_matrix(band, peaks, before, after)
-        tcorr = _corr_rows(beats, np.median(beats, axis=0))
+        tcorr = _corr_rows(beats, _median0(beats))
         sqi["tcorr"] = _mean(tcorr)
     else:
         tcorr = np.ones(peaks.size)
@@ -668,10 +697,9 @@ def _judge_beats(
     resid = band - ndimage.uniform_filter1d(band, size=max(1, round(0.04 * fs)), mode="nearest")
     resid_sq = resid**2
     q = max(1, round(0.06 * fs))
-    # the QRS mask: +1 where a beat's +-q stretch starts, -1 after it ends, summed
-    edges = np.bincount(np.maximum(wp - q, 0), minlength=n + 1)[: n + 1]
-    edges -= np.bincount(np.minimum(wp + q + 1, n), minlength=n + 1)[: n + 1]
-    qrs_mask = np.cumsum(edges[:n]) > 0
+    qrs_mask = np.zeros(n, dtype=bool)
+    for p in wp.tolist():
+        qrs_mask[max(0, p - q) : p + q + 1] = True
     outside = np.where(qrs_mask, 0.0, resid_sq)
     count = (~qrs_mask).astype(np.float64)
     cum_sq = np.concatenate([[0.0], np.cumsum(outside)])
@@ -683,13 +711,19 @@ def _judge_beats(
     rms = np.sqrt((cum_sq[hi] - cum_sq[lo]) / np.maximum(cum_n[hi] - cum_n[lo], 1.0))
     noise = np.where(amps > 0, rms / np.maximum(amps, 1e-9), np.inf)
 
-    near = max(1, round(0.3 * fs))
-    cum_flat = np.concatenate([[0], np.cumsum(flat)])
-    cum_clip = np.concatenate([[0], np.cumsum(clipped)])
-    f_lo, f_hi = np.maximum(wp - near, 0), np.minimum(wp + near + 1, n)
-    flat_share = (cum_flat[f_hi] - cum_flat[f_lo]) / np.maximum(f_hi - f_lo, 1)
-    c_lo, c_hi = np.maximum(wp - q, 0), np.minimum(wp + q + 1, n)
-    on_clip = (cum_clip[c_hi] - cum_clip[c_lo]) > 0
+    if flat.any():
+        near = max(1, round(0.3 * fs))
+        cum_flat = np.concatenate([[0], np.cumsum(flat)])
+        f_lo, f_hi = np.maximum(wp - near, 0), np.minimum(wp + near + 1, n)
+        flat_share = (cum_flat[f_hi] - cum_flat[f_lo]) / np.maximum(f_hi - f_lo, 1)
+    else:  # the usual case: no flat sample, no share to count
+        flat_share = np.zeros(wp.shape[0])
+    if clipped.any():
+        cum_clip = np.concatenate([[0], np.cumsum(clipped)])
+        c_lo, c_hi = np.maximum(wp - q, 0), np.minimum(wp + q + 1, n)
+        on_clip = (cum_clip[c_hi] - cum_clip[c_lo]) > 0
+    else:
+        on_clip = np.zeros(wp.shape[0], dtype=bool)
     own_flat = flat_share > th.flat_max
     own_amp = ~((1.0 / th.beat_amp_ratio <= ratio) & (ratio <= th.beat_amp_ratio))
     own_noise = (noise > th.beat_noise_max) | (
