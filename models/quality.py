@@ -88,7 +88,7 @@ from scipy import ndimage
 from scipy import signal as sps
 
 from models.preprocessing import detect_rpeaks
-from models.zero_phase import ZeroPhaseFilter, derivative
+from models.signal_ops import ZeroPhaseFilter, derivative, median0
 
 __all__ = [
     "GOOD",
@@ -345,18 +345,6 @@ def _mean(x: np.ndarray) -> float:
     return float(np.add.reduce(x, axis=None, dtype=np.float64) / x.size)
 
 
-def _median0(a: np.ndarray) -> np.ndarray:
-    """``np.median(a, axis=0)`` of a 1-D or 2-D float64 array, finite values, non-empty along
-    axis 0: the same order statistics (the middle one, or the mean of the middle two) without
-    ``np.median``'s dispatch."""
-    n = a.shape[0]
-    k = n // 2
-    if n % 2:
-        return np.asarray(np.partition(a, k, axis=0)[k])
-    part = np.partition(a, (k - 1, k), axis=0)
-    return np.asarray((part[k - 1] + part[k]) / 2)
-
-
 def _flat_mask(x: np.ndarray, fs: float, th: QualityThresholds) -> np.ndarray:
     """Samples whose range over the ``flat_s`` around them (``scipy.ndimage`` windows, edges
     reflected) is under ``flat_mv``.
@@ -401,24 +389,32 @@ def _hann(n: int) -> np.ndarray:
     return sps.get_window("hann", n)
 
 
-def _band_powers(x: np.ndarray, fs: float) -> tuple[int, np.ndarray]:
-    """Welch power spectrum (4-s Hann segments, 50% overlap, mean removed per segment), up to
-    a constant factor (only ratios of band powers are used); numpy's FFT over all segments at
-    once, ~5x faster than ``scipy.signal.welch`` on a 10-s strip.
+def _band_powers(*signals: np.ndarray, fs: float) -> tuple[int, list[np.ndarray]]:
+    """Welch power spectra (4-s Hann segments, 50% overlap, mean removed per segment), up to
+    a constant factor (only ratios of band powers are used); numpy's FFT over all segments of
+    all the (equally long) signals at once, ~5x faster than ``scipy.signal.welch``.
 
     Returns the segment length (the spectrum's bins are ``np.fft.rfftfreq(nperseg, 1 / fs)``)
-    and the power per bin, float64 ``(nperseg // 2 + 1,)``."""
-    nperseg = int(min(x.shape[0], round(4 * fs)))
+    and each signal's power per bin, float64 ``(nperseg // 2 + 1,)``."""
+    n = signals[0].shape[0]
+    nperseg = int(min(n, round(4 * fs)))
     step = max(1, nperseg // 2)
-    n_segs = (x.shape[0] - nperseg) // step + 1  # sliding_window_view(x, nperseg)[::step]
-    stride = x.strides[0]
-    segs = np.lib.stride_tricks.as_strided(
-        x, shape=(n_segs, nperseg), strides=(step * stride, stride), writeable=False
+    n_segs = (n - nperseg) // step + 1  # sliding_window_view(x, nperseg)[::step]
+    segs = np.concatenate(
+        [
+            np.lib.stride_tricks.as_strided(
+                x, shape=(n_segs, nperseg), strides=(step * x.strides[0], x.strides[0])
+            )
+            for x in signals
+        ]
     )
-    segs = segs - np.add.reduce(segs, axis=1, keepdims=True) / nperseg
+    segs -= np.add.reduce(segs, axis=1, keepdims=True) / nperseg
     spectrum = np.fft.rfft(segs * _hann(nperseg), axis=1)
-    p = np.add.reduce(spectrum.real**2 + spectrum.imag**2, axis=0) / segs.shape[0]
-    return nperseg, p
+    power = spectrum.real**2 + spectrum.imag**2
+    return nperseg, [
+        np.add.reduce(power[k * n_segs : (k + 1) * n_segs], axis=0) / n_segs
+        for k in range(len(signals))
+    ]
 
 
 @lru_cache(maxsize=512)
@@ -495,14 +491,14 @@ def _assess_window(
     if peaks.size:
         seg = _beat_matrix(band, peaks, half, half + 1)
         amps = np.maximum.reduce(seg, axis=1) - np.minimum.reduce(seg, axis=1)  # np.ptp
-        sqi["qrs_amp_mv"] = float(_median0(amps))
+        sqi["qrs_amp_mv"] = float(median0(amps))
     else:
         amps = np.zeros(0)
         sqi["qrs_amp_mv"] = float(np.maximum.reduce(band) - np.minimum.reduce(band))
     if not th.amp_min_mv <= sqi["qrs_amp_mv"] <= th.amp_max_mv:
         hard.append("qrs_amp_mv")
 
-    nperseg, p = _band_powers(raw - _mean(raw), fs)
+    nperseg, (p, pb) = _band_powers(raw - _mean(raw), band, fs=fs)
     total = _power(p, nperseg, fs, 0.5, fs / 2.0)
     hum = max(
         (
@@ -517,7 +513,6 @@ def _assess_window(
         hard.append("hum")
     low = _power(p, nperseg, fs, 0.0, 1.0)
     sqi["bassqi"] = 1.0 - low / max(_power(p, nperseg, fs, 0.0, 40.0), 1e-20)
-    nperseg, pb = _band_powers(band, fs)
     qrs_band = _power(pb, nperseg, fs, 5.0, 15.0)
     sqi["psqi"] = qrs_band / max(_power(pb, nperseg, fs, 5.0, 40.0), 1e-20)
     centred = band - _mean(band)
@@ -544,7 +539,7 @@ def _assess_window(
     before, after = round(_BEAT_BEFORE_S * fs), round(_BEAT_AFTER_S * fs)
     if peaks.size >= 2:
         beats = _beat_matrix(band, peaks, before, after)
-        tcorr = _corr_rows(beats, _median0(beats))
+        tcorr = _corr_rows(beats, median0(beats))
         sqi["tcorr"] = _mean(tcorr)
     else:
         tcorr = np.ones(peaks.size)

@@ -38,7 +38,7 @@ from scipy import ndimage
 from scipy import signal as sps
 
 from models.preprocessing import DETECTION_FS, resample
-from models.zero_phase import ZeroPhaseFilter, derivative
+from models.signal_ops import ZeroPhaseFilter, derivative, median0
 
 __all__ = ["QRSDetectorConfig", "detect_qrs", "detect_xqrs"]
 
@@ -220,7 +220,7 @@ def detect_qrs(signal: np.ndarray, fs: float, cfg: QRSDetectorConfig | None = No
     block = max(1, int(2.0 * fsd))
     maxima = np.maximum.reduceat(start, np.arange(0, start.shape[0], block))  # per 2-s block
     levels = _Levels(
-        spk=0.5 * float(np.median(maxima)), npk=0.5 * float(np.median(start)), rr_init=0.8 * fsd
+        spk=0.5 * float(median0(maxima)), npk=0.5 * float(median0(start)), rr_init=0.8 * fsd
     )
     chosen = _select_beats(cand.tolist(), mwi[cand].tolist(), steepest.tolist(), levels, fsd, cfg)
     if not chosen:

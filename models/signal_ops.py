@@ -1,15 +1,18 @@
-"""Zero-phase IIR filtering with the filter's steady-state initial conditions computed once.
+"""Exact, cheaper equivalents of the SciPy / numpy steps the R-peak detectors and the quality
+check run on every strip (each gives the same numbers as the call it replaces; checked by
+``tests/models/test_signal_ops.py`` and ``python -m bench.quality_speed``).
 
-:func:`scipy.signal.sosfiltfilt` recomputes :func:`scipy.signal.sosfilt_zi` (a linear solve per
-section) and validates its arguments on every call, which on a 10-s strip costs more than the
-filtering itself. :class:`ZeroPhaseFilter` keeps the sections, their initial conditions and the
-default pad length of one design and runs the same steps as ``sosfiltfilt(sos, x)`` with
-``padtype="odd"``: odd extension at both ends, forward pass started at ``zi * ext[0]``, backward
-pass started at ``zi * y[-1]``, pad removed, so the output equals SciPy's bit for bit (checked by
-``tests/models/test_zero_phase.py`` and ``python -m bench.quality_speed``).
+:class:`ZeroPhaseFilter`: :func:`scipy.signal.sosfiltfilt` recomputes
+:func:`scipy.signal.sosfilt_zi` (a linear solve per section) and validates its arguments on every
+call, which on a 10-s strip costs more than the filtering itself. It keeps the sections, their
+initial conditions and the default pad length of one design and runs the same steps as
+``sosfiltfilt(sos, x)`` with ``padtype="odd"``: odd extension at both ends, forward pass started
+at ``zi * ext[0]``, backward pass started at ``zi * y[-1]``, pad removed, so the output equals
+SciPy's bit for bit.
 
-:func:`derivative` is ``np.gradient`` of a 1-D signal with unit spacing, the same arithmetic
-without its argument handling (the detectors' derivative step).
+:func:`derivative` is ``np.gradient`` of a 1-D signal with unit spacing and :func:`median0`
+``np.median(a, axis=0)``, the same arithmetic without the argument handling (which costs more
+than the arithmetic on arrays of a few thousand samples).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ try:  # SciPy's compiled kernel, the one sps.sosfilt calls after validating its 
 except ImportError:  # pragma: no cover - a SciPy that moved it: the public path, same numbers
     _kernel = None
 
-__all__ = ["ZeroPhaseFilter", "derivative"]
+__all__ = ["ZeroPhaseFilter", "derivative", "median0"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,3 +124,26 @@ def derivative(x: np.ndarray) -> np.ndarray:
     out[0] = (x[1] - x[0]) / 1.0
     out[-1] = (x[-1] - x[-2]) / 1.0
     return out
+
+
+def median0(a: np.ndarray) -> np.ndarray:
+    """``np.median(a, axis=0)`` of a 1-D or 2-D float array of finite values, non-empty along
+    axis 0: the same order statistics (the middle one, or the mean of the middle two, as
+    ``(lower + upper) / 2``).
+
+    Parameters
+    ----------
+    a : np.ndarray
+        float ``(n,)`` or ``(n, m)``.
+
+    Returns
+    -------
+    np.ndarray
+        0-d (for 1-D ``a``) or ``(m,)``.
+    """
+    n = a.shape[0]
+    k = n // 2
+    if n % 2:
+        return np.asarray(np.partition(a, k, axis=0)[k])
+    part = np.partition(a, (k - 1, k), axis=0)
+    return np.asarray((part[k - 1] + part[k]) / 2)

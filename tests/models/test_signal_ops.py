@@ -1,4 +1,4 @@
-"""ZeroPhaseFilter gives scipy.signal.sosfiltfilt's output bit for bit, on real ECG."""
+"""models.signal_ops gives the numbers of the SciPy / numpy calls it replaces, on real ECG."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import signal as sps
 
-from models.zero_phase import ZeroPhaseFilter
+from models.signal_ops import ZeroPhaseFilter, derivative, median0
 from pipeline.records import read_record
 
 
@@ -47,3 +47,17 @@ def test_too_short_signal_is_refused(mlii: np.ndarray) -> None:
         zero_phase(mlii[: zero_phase.default_padlen])
     with pytest.raises(ValueError, match="1-D"):
         zero_phase(np.zeros((100, 2)))
+
+
+def test_derivative_equals_np_gradient(mlii: np.ndarray) -> None:
+    for x in (mlii, mlii[:2], mlii[:3], np.diff(mlii)):
+        assert np.array_equal(derivative(x), np.gradient(x))
+    with pytest.raises(ValueError):
+        derivative(mlii[:1])  # np.gradient's own error
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 12, 13, 180])
+def test_median0_equals_np_median(mlii: np.ndarray, n: int) -> None:
+    assert median0(mlii[: n * 10]) == np.median(mlii[: n * 10])
+    beats = mlii[: n * 40].reshape(n, 40)  # n "beats" of 40 samples: per-column medians
+    assert np.array_equal(median0(beats), np.median(beats, axis=0))
