@@ -107,77 +107,71 @@ def _around(peaks: np.ndarray, half: int, n: int) -> np.ndarray:
     return idx
 
 
-class _Levels:
-    """Running signal / noise peak levels and RR history of the threshold logic."""
-
-    def __init__(self, spk: float, npk: float, rr_init: float) -> None:
-        self.spk = spk
-        self.npk = npk
-        self.rr: list[float] = []
-        self.rr_mean = rr_init
-
-    def threshold(self, fraction: float) -> float:
-        return self.npk + fraction * (self.spk - self.npk)
-
-    def noise(self, amplitude: float) -> None:
-        self.npk = 0.875 * self.npk + 0.125 * amplitude
-
-    def signal(self, amplitude: float, searchback: bool) -> None:
-        w = 0.25 if searchback else 0.125
-        self.spk = (1.0 - w) * self.spk + w * amplitude
-
-    def interval(self, rr: float) -> None:
-        self.rr.append(rr)
-        recent = self.rr[-8:]
-        self.rr_mean = sum(recent) / len(recent)
-
-
 def _select_beats(
-    times: list[int], amps: list[float], slopes: list[float], levels: _Levels, fs: float,
-    cfg: QRSDetectorConfig,
+    times: list[int], amps: list[float], slopes: list[float], spk: float, npk: float,
+    rr_init: float, fs: float, cfg: QRSDetectorConfig,
 ) -> list[int]:  # fmt: skip
-    """The threshold, search-back and slope logic over the candidates (indices into them)."""
+    """The threshold, search-back and slope logic over the candidates (indices into them).
+
+    Running levels (Pan & Tompkins): signal peak level ``spk`` and noise peak level ``npk``
+    (starting values given), threshold ``npk + threshold_fraction * (spk - npk)``; a noise peak
+    updates ``npk = 0.875 npk + 0.125 a``, a beat ``spk = 0.875 spk + 0.125 a`` (0.75 / 0.25
+    when found by search-back) and appends its RR interval (samples) to the history whose last
+    8 give the mean RR (``rr_init`` before the first); a P wave dropped in favour of the next
+    candidate also drops its RR interval, the mean staying as it was. Plain local variables
+    (this loop runs once per candidate, hundreds of times for a long strip).
+    """
     refractory = cfg.refractory_s * fs
     twave = cfg.twave_s * fs
+    fraction = cfg.threshold_fraction
+    searchback_rr = cfg.searchback_rr
+    searchback_fraction = cfg.searchback_fraction
+    slope_ratio = cfg.slope_ratio
+    rr: list[int] = []
+    rr_mean = rr_init
     beats: list[int] = []
-
-    def last_time() -> float:
-        return times[beats[-1]] if beats else -np.inf
-
-    def accept(j: int, searchback: bool) -> None:
-        if beats:
-            levels.interval(times[j] - times[beats[-1]])
-        beats.append(j)
-        levels.signal(amps[j], searchback)
-
+    last_t = -np.inf  # time of the last beat
     last_checked = -1
     for j, (t, a) in enumerate(zip(times, amps, strict=True)):
-        if beats and t - last_time() > cfg.searchback_rr * levels.rr_mean:
-            floor = cfg.searchback_fraction * levels.threshold(cfg.threshold_fraction)
+        if beats and t - last_t > searchback_rr * rr_mean:
+            floor = searchback_fraction * (npk + fraction * (spk - npk))
             best, best_amp = -1, floor
+            last_slope = slopes[beats[-1]]
             for q in range(last_checked + 1, j):
                 tq = times[q]
-                if tq - last_time() <= refractory or t - tq <= refractory:
+                if tq - last_t <= refractory or t - tq <= refractory:
                     continue
-                if tq - last_time() < twave and slopes[q] < cfg.slope_ratio * slopes[beats[-1]]:
+                if tq - last_t < twave and slopes[q] < slope_ratio * last_slope:
                     continue
                 if amps[q] > best_amp:
                     best, best_amp = q, amps[q]
-            if best >= 0:
-                accept(best, searchback=True)
+            if best >= 0:  # accepted by search-back
+                rr.append(times[best] - times[beats[-1]])
+                recent = rr[-8:]
+                rr_mean = sum(recent) / len(recent)
+                beats.append(best)
+                spk = (1.0 - 0.25) * spk + 0.25 * amps[best]
+                last_t = times[best]
                 last_checked = best
-        if a <= levels.threshold(cfg.threshold_fraction) or t - last_time() <= refractory:
-            levels.noise(a)
+        if a <= npk + fraction * (spk - npk) or t - last_t <= refractory:
+            npk = 0.875 * npk + 0.125 * a
             continue
-        if beats and t - last_time() < twave:
-            if slopes[j] < cfg.slope_ratio * slopes[beats[-1]]:  # a T wave
-                levels.noise(a)
+        if beats and t - last_t < twave:
+            if slopes[j] < slope_ratio * slopes[beats[-1]]:  # a T wave
+                npk = 0.875 * npk + 0.125 * a
                 continue
-            if slopes[beats[-1]] < cfg.slope_ratio * slopes[j]:  # the last "beat" was a P wave
+            if slopes[beats[-1]] < slope_ratio * slopes[j]:  # the last "beat" was a P wave
                 beats.pop()
-                if levels.rr:
-                    levels.rr.pop()
-        accept(j, searchback=False)
+                if rr:
+                    rr.pop()
+                last_t = times[beats[-1]] if beats else -np.inf
+        if beats:
+            rr.append(t - times[beats[-1]])
+            recent = rr[-8:]
+            rr_mean = sum(recent) / len(recent)
+        beats.append(j)
+        spk = (1.0 - 0.125) * spk + 0.125 * a
+        last_t = t
         last_checked = j
     return beats
 
@@ -219,10 +213,10 @@ def detect_qrs(signal: np.ndarray, fs: float, cfg: QRSDetectorConfig | None = No
     start = mwi[: max(1, int(min(n, cfg.init_s * fsd)))]
     block = max(1, int(2.0 * fsd))
     maxima = np.maximum.reduceat(start, np.arange(0, start.shape[0], block))  # per 2-s block
-    levels = _Levels(
-        spk=0.5 * float(median0(maxima)), npk=0.5 * float(median0(start)), rr_init=0.8 * fsd
+    spk, npk = 0.5 * float(median0(maxima)), 0.5 * float(median0(start))
+    chosen = _select_beats(
+        cand.tolist(), mwi[cand].tolist(), steepest.tolist(), spk, npk, 0.8 * fsd, fsd, cfg
     )
-    chosen = _select_beats(cand.tolist(), mwi[cand].tolist(), steepest.tolist(), levels, fsd, cfg)
     if not chosen:
         return np.zeros(0, dtype=np.int64)
     peaks = cand[np.asarray(chosen, dtype=np.int64)]
