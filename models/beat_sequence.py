@@ -221,11 +221,15 @@ class BeatSequenceModel(nn.Module):
         if self.config.n_features:
             parts.append(feats)
         e = self.embed(torch.cat(parts, dim=2))  # (B, T, E)
-        packed = pack_padded_sequence(
-            e, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False
-        )
-        out, _ = self.rnn(packed)
-        h, _ = pad_packed_sequence(out, batch_first=True, total_length=t)  # (B, T, dirs * H)
+        lengths = lengths.cpu()
+        if bool((lengths == t).all()):  # no padding (one strip, say): packing only costs time
+            h, _ = self.rnn(e)
+        else:
+            packed = pack_padded_sequence(
+                e, lengths.clamp(min=1), batch_first=True, enforce_sorted=False
+            )
+            out, _ = self.rnn(packed)
+            h, _ = pad_packed_sequence(out, batch_first=True, total_length=t)  # (B, T, dirs * H)
         return self.head(torch.cat([h, e], dim=2))
 
     def n_parameters(self) -> int:

@@ -15,12 +15,14 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 
 from models.tasks import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
+from service.batcher import StripBatcher
 from service.registry_watch import LoadedModel, ModelHolder
 from service.settings import ServiceSettings
 
 __all__ = [
     "API_KEY_HEADER",
     "ArrhythmiaModelDep",
+    "BatcherDep",
     "HeartDiseaseModelDep",
     "HolderDep",
     "InferenceGateDep",
@@ -60,6 +62,13 @@ async def get_inference_gate(holder: HolderDep) -> threading.BoundedSemaphore:
 
 
 InferenceGateDep = Annotated[threading.BoundedSemaphore, Depends(get_inference_gate)]
+
+
+async def get_batcher(holder: HolderDep) -> StripBatcher:
+    return holder.batcher
+
+
+BatcherDep = Annotated[StripBatcher, Depends(get_batcher)]
 
 
 async def require_api_key(

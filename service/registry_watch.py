@@ -26,6 +26,7 @@ from models.record_predictor import RecordPredictor, load_heart_disease_predicto
 from models.segment import Segment
 from models.tasks import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
 from models.tracking_server import check_reachable
+from service.batcher import StripBatcher
 from service.schemas import ReloadOutcome
 from service.settings import ServiceSettings
 
@@ -86,6 +87,8 @@ class ModelHolder:
         }
         #: Admits ``settings.max_concurrent_inference`` predictions at a time (all tasks together).
         self.inference_gate = threading.BoundedSemaphore(settings.max_concurrent_inference)
+        #: Coalesces concurrent single-segment arrhythmia requests (one forward pass).
+        self.batcher = StripBatcher(settings, self.inference_gate)
         self.slots: dict[str, ModelSlot] = {
             task: ModelSlot(task=task, name=name, alias=settings.model_alias)
             for task, name in names.items()

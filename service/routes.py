@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from models.predictor import ArrhythmiaPredictor, HeartDiseasePredictor
+from models.predictor import ArrhythmiaPredictor, BeatPredictions, HeartDiseasePredictor
 from models.record_predictor import RecordPredictor
 from models.segment import Segment, SegmentError
 from service.arrhythmia_answer import (
@@ -28,8 +28,10 @@ from service.arrhythmia_answer import (
     nonfinite_outputs,
     summary,
 )
+from service.batcher import predict_held
 from service.deps import (
     ArrhythmiaModelDep,
+    BatcherDep,
     HeartDiseaseModelDep,
     HolderDep,
     InferenceGateDep,
@@ -148,27 +150,29 @@ def _model_ref(loaded: LoadedModel) -> ModelRef:
 
 
 # --------------------------------------------------------------------------- arrhythmia
-def _arrhythmia_results(
+def _arrhythmia_inputs(
     loaded: LoadedModel,
     requests: list[ArrhythmiaRequest],
     settings: ServiceSettings,
-    gate: Gate,
-    batch: bool,
-) -> list[ArrhythmiaResult]:
+    key: str | None,
+) -> tuple[ArrhythmiaPredictor, list[Segment]]:
+    """The served arrhythmia predictor and the checked segments of the request(s)."""
     predictor = loaded.predictor
     if not isinstance(predictor, ArrhythmiaPredictor):  # guarded by the holder; keeps mypy sure
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "wrong model kind loaded")
-    key = "segments" if batch else None
     lead = predictor.card.leads[:1]
     segments = [
         _segment(r.signal, r.fs, lead, r.r_peaks, settings, _where(key, i))
         for i, r in enumerate(requests)
     ]
-    try:
-        with gate:
-            predictions = predictor.predict_many(segments)
-    except ValueError as err:  # SegmentError (with the item's index) or a preprocessing error
-        raise _unprocessable(f"{_where(key, getattr(err, 'index', None))}{err}") from err
+    return predictor, segments
+
+
+def _arrhythmia_results(
+    predictor: ArrhythmiaPredictor,
+    segments: list[Segment],
+    predictions: Sequence[BeatPredictions],
+) -> list[ArrhythmiaResult]:
     classes = predictor.card.classes
     results = []
     for segment, pred in zip(segments, predictions, strict=True):
@@ -195,22 +199,23 @@ async def predict_arrhythmia(
     body: ArrhythmiaRequest,
     loaded: ArrhythmiaModelDep,
     settings: SettingsDep,
-    gate: InferenceGateDep,
+    batcher: BatcherDep,
     request: Request,
 ) -> ArrhythmiaResponse:
     """Judge the signal quality of one single-lead segment and classify each readable beat.
 
     Unreadable beats (and every beat of an unreadable segment) answer ``quality: unreadable``
     with a null label and null probabilities and the reasons; the segment's verdict is in
-    ``quality``. Classes are the served model's (see ``GET /models``).
+    ``quality``. Classes are the served model's (see ``GET /models``). Segments sent at the same
+    time by several clients share one forward pass (:mod:`service.batcher`).
     """
     request.state.n_samples = len(body.signal)
-    (result,) = await run_inference(
-        lambda held: _arrhythmia_results(loaded, [body], settings, held, batch=False),
-        len(body.signal),
-        settings,
-        gate,
-    )
+    predictor, segments = _arrhythmia_inputs(loaded, [body], settings, None)
+    try:
+        prediction = await batcher.predict(predictor, segments[0])
+    except ValueError as err:  # a SegmentError or a preprocessing error
+        raise _unprocessable(str(err)) from err
+    (result,) = _arrhythmia_results(predictor, segments, [prediction])
     return ArrhythmiaResponse.model_construct(**dict(result), model=_model_ref(loaded))
 
 
@@ -225,12 +230,18 @@ async def predict_arrhythmia_batch(
     """Several segments (possibly at different rates) through one forward pass."""
     request.state.n_samples = sum(len(s.signal) for s in body.segments)
     _check_batch_size(len(body.segments), "segments", settings)
-    results = await run_inference(
-        lambda held: _arrhythmia_results(loaded, body.segments, settings, held, batch=True),
-        request.state.n_samples,
-        settings,
-        gate,
-    )
+    key = "segments"
+    predictor, segments = _arrhythmia_inputs(loaded, body.segments, settings, key)
+    try:
+        predictions = await run_inference(
+            lambda held: predict_held(held, predictor, segments),
+            request.state.n_samples,
+            settings,
+            gate,
+        )
+    except ValueError as err:  # SegmentError (with the item's index) or a preprocessing error
+        raise _unprocessable(f"{_where(key, getattr(err, 'index', None))}{err}") from err
+    results = _arrhythmia_results(predictor, segments, predictions)
     return ArrhythmiaBatchResponse(model=_model_ref(loaded), results=results)
 
 
