@@ -222,6 +222,8 @@ def build_cases(mitdb: Path, nstdb: Path) -> list[Case]:
         Case("gauss128", np.random.default_rng(1).normal(0, 0.3, 1280), 128.0, None),
         Case("float64", x.astype(np.float64), fs, p),
         Case("given-none", x, fs, np.zeros(0, dtype=np.int64)),
+        Case("given-400bpm", x, fs, np.arange(20, x.shape[0], 54)),  # hr_bpm out of range
+        Case("given-12bpm", x, fs, np.array([100, 1900])),
     ]
     return cases
 
@@ -273,7 +275,7 @@ def _differences(a: Any, b: Any, where: str) -> list[str]:
 
 def compare(ref: Impl, new: Impl, cases: list[Case]) -> tuple[int, list[str], Counter_t]:
     """Run both on every case; return the count of calls compared, the differences and the
-    strip verdicts seen."""
+    reference's strip verdicts and reasons (how often each was seen)."""
     diffs: list[str] = []
     calls = 0
     verdicts: Counter_t = {}
@@ -284,8 +286,8 @@ def compare(ref: Impl, new: Impl, cases: list[Case]) -> tuple[int, list[str], Co
             diffs += _differences(a[key], b[key], f"{case.name}:{key}")
         for key in ("assess", "given"):
             if key in a:
-                v = f"{key}:{a[key].verdict}"
-                verdicts[v] = verdicts.get(v, 0) + 1
+                for v in (f"{key}:{a[key].verdict}", *a[key].reasons):
+                    verdicts[v] = verdicts.get(v, 0) + 1
     return calls, diffs, verdicts
 
 
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = build_cases(args.mitdb, args.nstdb)
         calls, diffs, verdicts = compare(ref, new, cases)
         log.info(
-            "%d strips, %d calls compared in %.0f s; reference verdicts %s",
+            "%d strips, %d calls compared in %.0f s; reference verdicts and strip reasons %s",
             len(cases), calls, time.perf_counter() - t0, dict(sorted(verdicts.items())),
         )  # fmt: skip
         for d in diffs[:50]:
