@@ -97,6 +97,8 @@ class Result:
     p90_ms: float
     p99_ms: float
     errors: int
+    #: User + system CPU of the server's processes per strip: robust to background load.
+    server_cpu_ms_per_strip: float
 
 
 # --------------------------------------------------------------------------- servers
@@ -186,8 +188,24 @@ def _drive(
     return time.perf_counter() - start, latencies, errors
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (server workers)."""
+    import psutil  # type: ignore[import-untyped]
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def _measure(
     server: str,
+    pid: int,
     scenario: str,
     url: str,
     bodies: Bodies,
@@ -198,7 +216,9 @@ def _measure(
     content_type: str = "application/json",
 ) -> Result:
     _drive(url, bodies, min(n, 10), 1, per_unit, content_type)  # warm-up
+    cpu_before = _cpu_s(pid)
     wall, lat, errors = _drive(url, bodies, n, clients, per_unit, content_type)
+    cpu_ms = (_cpu_s(pid) - cpu_before) * 1000 / (n * strips)
     ms = np.asarray(lat) * 1000
     return Result(
         server=server,
@@ -213,6 +233,7 @@ def _measure(
         p90_ms=round(float(np.percentile(ms, 90)), 2),
         p99_ms=round(float(np.percentile(ms, 99)), 2),
         errors=errors,
+        server_cpu_ms_per_strip=round(cpu_ms, 3),
     )
 
 
@@ -476,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(
                 _measure(
                     "this service",
+                    ours.pid,
                     scenario,
                     ours_url + path,
                     ours_bodies,
@@ -488,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(
                 _measure(
                     f"mlflow models serve{label}",
+                    base.pid,
                     scenario,
                     base_url,
                     base_bodies,
@@ -549,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
             ours_r.scenario: round(ours_r.strips_per_s / base_r.strips_per_s, 2)
             for ours_r, base_r in zip(results[::2], results[1::2], strict=True)
         },
+        "cpu_ratios": {
+            ours_r.scenario: round(
+                base_r.server_cpu_ms_per_strip / max(ours_r.server_cpu_ms_per_strip, 1e-9), 2
+            )
+            for ours_r, base_r in zip(results[::2], results[1::2], strict=True)
+        },
         "profiles": profiles,
     }
     out_file = args.out / f"serving-{stamp}.json"
@@ -570,16 +599,26 @@ def _table(report: dict[str, Any], results: list[Result]) -> str:
         f"{report['machine']['loadavg_after']} on {report['machine']['cpus']} CPUs; "
         f"run took {report['duration_s']} s",
         "",
-        "| server | scenario | req/s | strips/s | p50 ms | p90 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| server | scenario | req/s | strips/s | p50 ms | p90 ms | p99 ms | server CPU ms/strip "
+        "| errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {r.server} | {r.scenario} | {r.requests_per_s:.1f} | {r.strips_per_s:.1f} | "
-        f"{r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | {r.errors} |"
+        f"{r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | {r.server_cpu_ms_per_strip:.2f} | "
+        f"{r.errors} |"
         for r in results
     ]
-    lines += ["", "| scenario | strips/s, this service / mlflow models serve |", "|---|---:|"]
-    lines += [f"| {name} | {ratio:.2f}x |" for name, ratio in report["ratios"].items()]
+    lines += [
+        "",
+        "| scenario | strips/s, this service / mlflow models serve | server CPU per strip, "
+        "mlflow / this service |",
+        "|---|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {ratio:.2f}x | {report['cpu_ratios'][name]:.2f}x |"
+        for name, ratio in report["ratios"].items()
+    ]
     lines += [
         "",
         "baseline input: "
