@@ -695,10 +695,11 @@ def _judge_beats(
     qrs_mask = np.zeros(n, dtype=bool)
     for p in wp.tolist():
         qrs_mask[max(0, p - q) : p + q + 1] = True
-    outside = np.where(qrs_mask, 0.0, resid_sq)
-    count = (~qrs_mask).astype(np.float64)
-    cum_sq = np.concatenate([[0.0], np.cumsum(outside)])
-    cum_n = np.concatenate([[0.0], np.cumsum(count)])
+    resid_sq[qrs_mask] = 0.0  # outside the QRS only
+    cum_sq = np.zeros(n + 1)
+    np.cumsum(resid_sq, out=cum_sq[1:])
+    cum_n = np.zeros(n + 1, dtype=np.int64)  # samples outside the QRS (exact counts)
+    np.cumsum(~qrs_mask, out=cum_n[1:])
     mids = np.concatenate([[0], (wp[:-1] + wp[1:]) // 2, [n]])
     lo = np.maximum(mids[:-1], wp - round(0.6 * fs))
     hi = np.minimum(mids[1:], wp + round(0.6 * fs))
