@@ -330,8 +330,8 @@ def _agreement(a: np.ndarray, b: np.ndarray, tolerance: int) -> float:
     if a.size == 0 or b.size == 0:
         return 0.0
     j = np.searchsorted(b, a)
-    left = np.clip(j - 1, 0, b.size - 1)
-    right = np.clip(j, 0, b.size - 1)
+    left = np.maximum(j - 1, 0)  # np.clip(j - 1, 0, b.size - 1): j <= b.size
+    right = np.minimum(j, b.size - 1)  # j >= 0
     nearest = np.where(np.abs(b[left] - a) <= np.abs(b[right] - a), left, right)
     close = np.abs(b[nearest] - a) <= tolerance
     matched = len(set(nearest[close].tolist()))
@@ -434,7 +434,7 @@ def _around(peaks: np.ndarray, before: int, after: int, n: int) -> np.ndarray:
     the sorted ``peaks`` to ``after - 1`` after it, clipped to ``[0, n - 1]``."""
     idx = peaks[:, None] + np.arange(-before, after)[None, :]
     if peaks[0] - before < 0 or peaks[-1] + after > n:
-        idx = np.clip(idx, 0, n - 1)
+        idx = np.minimum(np.maximum(idx, 0), n - 1)  # np.clip without its dispatch
     return idx
 
 
@@ -450,6 +450,8 @@ def _corr_rows(beats: np.ndarray, template: np.ndarray) -> np.ndarray:
     denom = np.sqrt(np.add.reduce(b * b, axis=1)) * np.sqrt(t.dot(t))
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (b @ t) / denom
+    if np.isfinite(r).all():  # the usual case; np.nan_to_num costs more than the rest
+        return r
     return np.nan_to_num(r, nan=0.0)
 
 
