@@ -61,3 +61,14 @@ def test_median0_equals_np_median(mlii: np.ndarray, n: int) -> None:
     assert median0(mlii[: n * 10]) == np.median(mlii[: n * 10])
     beats = mlii[: n * 40].reshape(n, 40)  # n "beats" of 40 samples: per-column medians
     assert np.array_equal(median0(beats), np.median(beats, axis=0))
+
+
+def test_public_sosfilt_fallback_gives_the_same_output(
+    mlii: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where SciPy's private kernel cannot be imported, the public sosfilt path is used."""
+    import models.signal_ops as ops
+
+    sos = sps.butter(2, [0.5, 40.0], "bandpass", fs=360.0, output="sos")
+    monkeypatch.setattr(ops, "_kernel", None)
+    assert np.array_equal(ZeroPhaseFilter.from_sos(sos)(mlii), sps.sosfiltfilt(sos, mlii))
