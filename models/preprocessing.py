@@ -33,15 +33,13 @@ import numpy as np
 from scipy import ndimage
 from scipy import signal as sps
 
-# SciPy's compiled kernels, the ones its public wrappers call after validating their arguments (and,
-# for sosfiltfilt, solving for the initial conditions again): on a 10-s strip the wrappers cost
-# more than the filtering. The fast paths below repeat the wrappers' steps exactly, so the output is
-# the same bit for bit (tests/models/test_preprocessing_kernels.py compares them with the public
-# functions); a SciPy that moved a kernel gets the public function instead.
-try:
-    from scipy.signal._sosfilt import _sosfilt as _sosfilt_kernel
-except ImportError:  # pragma: no cover - the public path, same numbers
-    _sosfilt_kernel = None
+from models.signal_ops import ZeroPhaseFilter
+
+# SciPy's compiled kernels, the ones its public wrappers call after validating their arguments: on
+# a 10-s strip the wrappers cost more than the work. The fast paths below repeat the wrappers'
+# steps exactly, so the output is the same bit for bit (tests/models/test_preprocessing_kernels.py
+# compares them with the public functions); a SciPy that moved a kernel gets the public function.
+# The band-pass is models.signal_ops.ZeroPhaseFilter (sosfiltfilt with cached initial conditions).
 try:
     from scipy.signal._upfirdn import _output_len, _UpFIRDn
 except ImportError:  # pragma: no cover
@@ -272,41 +270,9 @@ def _butter_bandpass(order: int, low_hz: float, high_hz: float, fs: float) -> np
 
 
 @lru_cache(maxsize=64)
-def _sos_zi(order: int, low_hz: float, high_hz: float, fs: float) -> np.ndarray:
-    """``sosfilt_zi`` of :func:`_butter_bandpass`'s design (a linear solve per section), cached."""
-    zi = sps.sosfilt_zi(_butter_bandpass(order, low_hz, high_hz, fs))
-    zi.setflags(write=False)
-    return zi
-
-
-def _sosfiltfilt(sos: np.ndarray, zi: np.ndarray, x: np.ndarray, padlen: int) -> np.ndarray:
-    """``sosfiltfilt(sos, x, axis=0, padlen=padlen)`` (``padtype="odd"``) given ``zi =
-    sosfilt_zi(sos)``: the same steps, on float32 ``(n,)`` or ``(n, n_leads)`` ``x``.
-
-    Odd extension by ``padlen`` samples at both ends (in ``x``'s dtype, as SciPy does), a forward
-    pass from the state ``zi * ext[0]``, a backward pass from ``zi * y[-1]``, the pad removed.
-    Returns float64 of ``x``'s shape.
-    """
-    if _sosfilt_kernel is None:  # pragma: no cover - the public path, same numbers
-        return np.asarray(sps.sosfiltfilt(sos, x, axis=0, padlen=padlen))
-    xt = x.reshape(x.shape[0], -1).T  # (n_leads, n)
-    if padlen > 0:
-        n = padlen
-        xt = np.concatenate(
-            (2 * xt[:, :1] - xt[:, n:0:-1], xt, 2 * xt[:, -1:] - xt[:, -2 : -(n + 2) : -1]), axis=1
-        )
-    # Forward: sosfilt copies the signal to C-ordered float64 and filters it in place.
-    y = np.array(xt, dtype=np.float64, order="C")
-    state = np.ascontiguousarray(zi[None, :, :] * xt[:, :1, None].astype(np.float64))
-    _sosfilt_kernel(sos, y, state)
-    # Backward, from the forward output's last sample.
-    state = np.ascontiguousarray(zi[None, :, :] * y[:, -1:, None])
-    y = np.array(y[:, ::-1], order="C")
-    _sosfilt_kernel(sos, y, state)
-    y = y[:, ::-1]
-    if padlen > 0:
-        y = y[:, padlen:-padlen]
-    return y.T.reshape(x.shape)
+def _bandpass_filter(order: int, low_hz: float, high_hz: float, fs: float) -> ZeroPhaseFilter:
+    """:func:`_butter_bandpass`'s design with its initial conditions, cached."""
+    return ZeroPhaseFilter.from_sos(_butter_bandpass(order, low_hz, high_hz, fs))
 
 
 def _odd(n: float) -> int:
@@ -354,10 +320,9 @@ def bandpass(signal: np.ndarray, fs: float, cfg: PreprocessConfig) -> np.ndarray
     """
     x = _check_signal(signal, fs)
     high = min(cfg.lowpass_hz, 0.45 * fs)
-    sos = _butter_bandpass(cfg.filter_order, cfg.highpass_hz, high, fs)
-    padlen = min(x.shape[0] - 1, 3 * (2 * len(sos) + 1) * 10)
-    zi = _sos_zi(cfg.filter_order, cfg.highpass_hz, high, fs)
-    y = _sosfiltfilt(sos, zi, x, max(padlen, 0))
+    zero_phase = _bandpass_filter(cfg.filter_order, cfg.highpass_hz, high, fs)
+    padlen = min(x.shape[0] - 1, 3 * (2 * len(zero_phase.sos) + 1) * 10)
+    y = zero_phase(x, max(padlen, 0))
     return y.astype(np.float32, copy=False)
 
 

@@ -1,6 +1,7 @@
-"""Exact, cheaper equivalents of the SciPy / numpy steps the R-peak detectors and the quality
-check run on every strip (each gives the same numbers as the call it replaces; checked by
-``tests/models/test_signal_ops.py`` and ``python -m bench.quality_speed``).
+"""Exact, cheaper equivalents of the SciPy / numpy steps the R-peak detectors, the quality
+check and the beat preprocessing run on every strip (each gives the same numbers as the call it
+replaces; checked by ``tests/models/test_signal_ops.py``, ``python -m bench.quality_speed`` and
+``python -m bench.context_speed``).
 
 :class:`ZeroPhaseFilter`: :func:`scipy.signal.sosfiltfilt` recomputes
 :func:`scipy.signal.sosfilt_zi` (a linear solve per section) and validates its arguments on every
@@ -32,7 +33,7 @@ __all__ = ["ZeroPhaseFilter", "derivative", "median0"]
 
 @dataclass(frozen=True, eq=False)
 class ZeroPhaseFilter:
-    """One filter design for forward-backward filtering of float64 1-D signals.
+    """One filter design for forward-backward filtering along axis 0 (one or several leads).
 
     Attributes
     ----------
@@ -56,51 +57,64 @@ class ZeroPhaseFilter:
         ntaps -= min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
         return cls(sos=sos, zi=sps.sosfilt_zi(sos), default_padlen=3 * ntaps)
 
-    def _pass(self, x: np.ndarray, start: float) -> np.ndarray:
-        """One causal pass over float64 ``(n,)`` ``x`` from the state ``zi * start``."""
-        zi = self.zi * start
+    def _pass(self, x: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """One causal pass over ``(n_leads, n)`` ``x`` from the states ``zi * start``.
+
+        ``start`` is ``(n_leads, 1)``; returns float64 ``(n_leads, n)``.
+        """
+        state = np.ascontiguousarray(self.zi[None, :, :] * start[:, :, None].astype(np.float64))
         if _kernel is None:
-            return np.asarray(sps.sosfilt(self.sos, x, zi=zi)[0])
-        y = np.array(x, dtype=np.float64, order="C").reshape(1, -1)  # filtered in place
-        _kernel(self.sos, y, np.ascontiguousarray(zi.reshape(1, -1, 2)))
-        return y.reshape(-1)
+            return np.asarray(sps.sosfilt(self.sos, x, axis=1, zi=state.transpose(1, 0, 2))[0])
+        y = np.array(x, dtype=np.float64, order="C")  # filtered in place, as sosfilt does
+        _kernel(self.sos, y, state)
+        return y
 
     def __call__(self, x: np.ndarray, padlen: int | None = None) -> np.ndarray:
-        """``scipy.signal.sosfiltfilt(sos, x, padlen=padlen)`` (odd padding).
+        """``scipy.signal.sosfiltfilt(sos, x, axis=0, padlen=padlen)`` (odd padding).
 
         Parameters
         ----------
         x : np.ndarray
-            ``(n_samples,)`` at the design's rate, ``n_samples > padlen``; converted to float64
-            first (equal to SciPy's output for float64 input).
+            float ``(n_samples,)`` or ``(n_samples, n_leads)`` at the design's rate,
+            ``n_samples > padlen``. As in SciPy, the pad is computed in ``x``'s dtype and the
+            passes in float64, so the output equals SciPy's for float32 and float64 input.
         padlen : int, optional
             Samples of odd extension at each end; None: :attr:`default_padlen`.
 
         Returns
         -------
         np.ndarray
-            float64 ``(n_samples,)`` zero-phase filtered signal.
+            float64, ``x``'s shape: the zero-phase filtered signal.
 
         Raises
         ------
         ValueError
-            ``x`` not longer than the pad (as SciPy).
+            ``x`` not 1-D or 2-D, or not longer than the pad (as SciPy).
         """
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float64)
         edge = self.default_padlen if padlen is None else int(padlen)
-        if x.ndim != 1 or x.shape[0] <= edge:
+        if x.ndim not in (1, 2) or x.shape[0] <= edge:
             raise ValueError(
-                f"need a 1-D signal longer than the pad of {edge} samples, got shape {x.shape}"
+                f"need a signal (n_samples,) or (n_samples, n_leads) longer than the pad of "
+                f"{edge} samples, got shape {x.shape}"
             )
+        xt = x.reshape(x.shape[0], -1).T  # (n_leads, n)
         if edge > 0:
-            ext = np.concatenate(
-                (2 * x[:1] - x[edge:0:-1], x, 2 * x[-1:] - x[-2 : -(edge + 2) : -1])
+            xt = np.concatenate(
+                (
+                    2 * xt[:, :1] - xt[:, edge:0:-1],
+                    xt,
+                    2 * xt[:, -1:] - xt[:, -2 : -(edge + 2) : -1],
+                ),
+                axis=1,
             )
-        else:
-            ext = x
-        y = self._pass(ext, ext[0])
-        y = self._pass(y[::-1], y[-1])[::-1]
-        return y[edge:-edge] if edge > 0 else y
+        y = self._pass(xt, xt[:, :1])
+        y = self._pass(y[:, ::-1], y[:, -1:])[:, ::-1]
+        if edge > 0:
+            y = y[:, edge:-edge]
+        return y.T.reshape(x.shape)  # SciPy's memory layout too (later sums depend on it)
 
 
 def derivative(x: np.ndarray) -> np.ndarray:

@@ -45,8 +45,22 @@ def test_too_short_signal_is_refused(mlii: np.ndarray) -> None:
     zero_phase = ZeroPhaseFilter.from_sos(sps.butter(2, [0.1, 0.3], "bandpass", output="sos"))
     with pytest.raises(ValueError, match="longer than the pad"):
         zero_phase(mlii[: zero_phase.default_padlen])
-    with pytest.raises(ValueError, match="1-D"):
-        zero_phase(np.zeros((100, 2)))
+    with pytest.raises(ValueError, match="n_leads"):
+        zero_phase(np.zeros((100, 2, 2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_several_leads_and_float32_equal_sosfiltfilt(mlii: np.ndarray, dtype: type) -> None:
+    """Along axis 0, pad in the input's dtype: SciPy's numbers for (n,) and (n, n_leads)."""
+    sos = sps.butter(2, [0.5 / 180, 40 / 180], "bandpass", output="sos")
+    zero_phase = ZeroPhaseFilter.from_sos(sos)
+    leads = np.stack([mlii, mlii[::-1] * 0.5], axis=1).astype(dtype)
+    for x in (leads, leads[:, 0]):
+        for padlen in (None, 0, 60):
+            kwargs = {} if padlen is None else {"padlen": padlen}
+            np.testing.assert_array_equal(
+                zero_phase(x, padlen), sps.sosfiltfilt(sos, x, axis=0, **kwargs)
+            )
 
 
 def test_derivative_equals_np_gradient(mlii: np.ndarray) -> None:
