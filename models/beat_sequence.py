@@ -309,7 +309,8 @@ def predict_strips(
     ]
     if not chunks:
         return [np.zeros((0, k), dtype=np.float32) for _ in strips]
-    model.eval()
+    if model.training:  # eval() walks every submodule: only when needed
+        model.eval()
     waves0, feats0 = strips[chunks[0][0]]
     t_max = max(e - s for _, s, e in chunks)
     wv = np.zeros((len(chunks), t_max, *waves0.shape[1:]), dtype=np.float32)
