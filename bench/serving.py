@@ -44,8 +44,13 @@ and a summary (own and inclusive shares of the busy samples) into the JSON and m
 
 Usage::
 
-    python -m bench.serving [--requests 200] [--clients 4] [--tracking-uri URI] [--out DIR]
-                             [--profile]
+    python -m bench.serving [--requests 200] [--clients 4] [--rounds 3] [--tracking-uri URI]
+                            [--out DIR] [--profile]
+
+Every scenario runs ``--rounds`` times (the whole plan, round after round, the two servers
+alternating); the table gives the per-round medians, the ratios of the medians and their range
+over the rounds, and each server's CPU time per strip (psutil: the process and its workers),
+which moves less with background load than throughput does.
 """
 
 from __future__ import annotations
@@ -372,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="requests per measurement")
     parser.add_argument("--batch-requests", type=int, default=50, help="requests, batch16")
     parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="times the whole plan runs; medians are reported"
+    )
     parser.add_argument("--workers", type=int, default=1, help="server processes, both servers")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--model-name", default="ecg-arrhythmia")
@@ -491,36 +499,37 @@ def main(argv: list[str] | None = None) -> int:
             ("single-binary", binary_path, ours_binary, "", base_single, 1, n, c, 1),
             ("batch16", "/batch", ours_batch, " (16 POSTs)", base_single, k, nb, c, k),
         ]
-        for scenario, path, ours_bodies, label, base_bodies, strips_n, m, cl, per in plan:
-            # Alternate the servers so that background load hits both alike.
-            media = "application/octet-stream" if path == binary_path else "application/json"
-            results.append(
-                _measure(
-                    "this service",
-                    ours.pid,
-                    scenario,
-                    ours_url + path,
-                    ours_bodies,
-                    strips_n,
-                    m,
-                    cl,
-                    content_type=media,
+        for round_no in range(args.rounds):  # rounds: the spread shows the machine's noise
+            for scenario, path, ours_bodies, label, base_bodies, strips_n, m, cl, per in plan:
+                # Alternate the servers so that background load hits both alike.
+                media = "application/octet-stream" if path == binary_path else "application/json"
+                results.append(
+                    _measure(
+                        "this service",
+                        ours.pid,
+                        scenario,
+                        ours_url + path,
+                        ours_bodies,
+                        strips_n,
+                        m,
+                        cl,
+                        content_type=media,
+                    )
                 )
-            )
-            results.append(
-                _measure(
-                    f"mlflow models serve{label}",
-                    base.pid,
-                    scenario,
-                    base_url,
-                    base_bodies,
-                    strips_n,
-                    m,
-                    cl,
-                    per,
+                results.append(
+                    _measure(
+                        f"mlflow models serve{label}",
+                        base.pid,
+                        scenario,
+                        base_url,
+                        base_bodies,
+                        strips_n,
+                        m,
+                        cl,
+                        per,
+                    )
                 )
-            )
-            logger.info("%s done", scenario)
+                logger.info("round %d: %s done", round_no + 1, scenario)
         if args.profile:
             for name, proc, url, bodies in (
                 ("this-service", ours, ours_url, ours_single),
@@ -535,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     load_after = os.getloadavg()
+    medians = median_results(results)
 
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -567,26 +577,61 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "baseline_client_preprocessing_ms_per_strip": round(client_prep_ms, 2),
         "same_classes_on_strip_0": agree,
-        "results": [asdict(r) for r in results],
-        "ratios": {
-            ours_r.scenario: round(ours_r.strips_per_s / base_r.strips_per_s, 2)
-            for ours_r, base_r in zip(results[::2], results[1::2], strict=True)
-        },
-        "cpu_ratios": {
-            ours_r.scenario: round(
-                base_r.server_cpu_ms_per_strip / max(ours_r.server_cpu_ms_per_strip, 1e-9), 2
-            )
-            for ours_r, base_r in zip(results[::2], results[1::2], strict=True)
-        },
+        "rounds": args.rounds,
+        "results_per_round": [asdict(r) for r in results],
+        "results": [asdict(r) for r in medians],
+        **_ratios(results),
         "profiles": profiles,
     }
     out_file = args.out / f"serving-{stamp}.json"
     out_file.write_text(json.dumps(report, indent=2))
-    table = _table(report, results)
+    table = _table(report, medians)
     out_file.with_suffix(".md").write_text(table)
     print(table)
     print(f"written to {out_file} and {out_file.with_suffix('.md')}")
     return 0
+
+
+def median_results(results: list[Result]) -> list[Result]:
+    """One :class:`Result` per (server, scenario), in first-seen order: the per-round medians."""
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.server, r.scenario), []).append(r)
+    out = []
+    for rounds in groups.values():
+        first = asdict(rounds[0])
+        for key, value in first.items():
+            if isinstance(value, float):
+                first[key] = round(float(np.median([getattr(r, key) for r in rounds])), 3)
+        first["errors"] = sum(r.errors for r in rounds)
+        out.append(Result(**first))
+    return out
+
+
+def _ratios(results: list[Result]) -> dict[str, dict[str, Any]]:
+    """Per scenario: this service / mlflow of the medians, and the range over the rounds.
+
+    ``results`` alternate this service and mlflow, scenario by scenario, round after round.
+    """
+    pairs = list(zip(results[::2], results[1::2], strict=True))
+    speed: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for ours, base in pairs:
+        speed.setdefault(ours.scenario, []).append(ours.strips_per_s / base.strips_per_s)
+        cpu.setdefault(ours.scenario, []).append(
+            base.server_cpu_ms_per_strip / max(ours.server_cpu_ms_per_strip, 1e-9)
+        )
+    medians = median_results(results)
+    mid = list(zip(medians[::2], medians[1::2], strict=True))
+    return {
+        "ratios": {o.scenario: round(o.strips_per_s / b.strips_per_s, 2) for o, b in mid},
+        "cpu_ratios": {
+            o.scenario: round(b.server_cpu_ms_per_strip / max(o.server_cpu_ms_per_strip, 1e-9), 2)
+            for o, b in mid
+        },
+        "ratio_ranges": {k: [round(min(v), 2), round(max(v), 2)] for k, v in speed.items()},
+        "cpu_ratio_ranges": {k: [round(min(v), 2), round(max(v), 2)] for k, v in cpu.items()},
+    }
 
 
 def _table(report: dict[str, Any], results: list[Result]) -> str:
@@ -611,14 +656,19 @@ def _table(report: dict[str, Any], results: list[Result]) -> str:
     ]
     lines += [
         "",
+        f"medians of {report['rounds']} rounds; ratios of the medians (range over the rounds)",
+        "",
         "| scenario | strips/s, this service / mlflow models serve | server CPU per strip, "
         "mlflow / this service |",
         "|---|---:|---:|",
     ]
-    lines += [
-        f"| {name} | {ratio:.2f}x | {report['cpu_ratios'][name]:.2f}x |"
-        for name, ratio in report["ratios"].items()
-    ]
+    for name, ratio in report["ratios"].items():
+        lo, hi = report["ratio_ranges"][name]
+        clo, chi = report["cpu_ratio_ranges"][name]
+        lines.append(
+            f"| {name} | {ratio:.2f}x ({lo:.2f}-{hi:.2f}) | "
+            f"{report['cpu_ratios'][name]:.2f}x ({clo:.2f}-{chi:.2f}) |"
+        )
     lines += [
         "",
         "baseline input: "

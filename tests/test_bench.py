@@ -63,6 +63,33 @@ def test_summarise_profile_counts_busy_stacks_only() -> None:
     assert out["inclusive"]["predict_strip"] == 0.3 and out["inclusive"]["loads"] == 0.1
 
 
+def test_rounds_are_reported_as_medians_with_their_spread() -> None:
+    from bench.serving import Result, _ratios, median_results
+
+    def result(server: str, scenario: str, strips_per_s: float, cpu_ms: float) -> Result:
+        return Result(server, scenario, 10, 4, 1, 1.0, strips_per_s, strips_per_s, 5.0, 6.0, 7.0,
+                      0, cpu_ms)  # fmt: skip
+
+    rounds = [  # ours, mlflow; scenario by scenario, round after round
+        (200.0, 4.0, 100.0, 8.0),
+        (300.0, 3.0, 100.0, 9.0),
+        (100.0, 6.0, 100.0, 9.0),
+    ]
+    results = []
+    for ours_speed, ours_cpu, base_speed, base_cpu in rounds:
+        results += [result("ours", "single", ours_speed, ours_cpu)]
+        results += [result("mlflow", "single", base_speed, base_cpu)]
+    medians = median_results(results)
+    assert [(r.server, r.strips_per_s, r.server_cpu_ms_per_strip) for r in medians] == [
+        ("ours", 200.0, 4.0),
+        ("mlflow", 100.0, 9.0),
+    ]
+    ratios = _ratios(results)
+    assert ratios["ratios"] == {"single": 2.0} and ratios["ratio_ranges"] == {"single": [1.0, 3.0]}
+    assert ratios["cpu_ratios"] == {"single": 2.25}
+    assert ratios["cpu_ratio_ranges"] == {"single": [1.5, 3.0]}
+
+
 def test_tiny_beat_sequence_model_serves_through_its_pyfunc(mitdb_dir: Path) -> None:
     import json
 
