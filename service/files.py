@@ -19,9 +19,12 @@ ignored), one answer per consecutive model-length window (10 s for PTB-XL).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Annotated, Any, Final, Literal
 
@@ -29,7 +32,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
-from models.predictor import ArrhythmiaPredictor, HeartDiseasePredictor
+from models.predictor import ArrhythmiaPredictor, BeatPredictions, HeartDiseasePredictor
 from models.record_predictor import RecordPredictor
 from models.segment import Segment
 from service.arrhythmia_answer import (
@@ -42,6 +45,7 @@ from service.arrhythmia_answer import (
 )
 from service.deps import (
     ArrhythmiaModelDep,
+    BatcherDep,
     HeartDiseaseModelDep,
     InferenceGateDep,
     SettingsDep,
@@ -61,7 +65,6 @@ from service.formats import (
     parse_upload,
 )
 from service.heart_disease_answer import Sex, record_answer
-from service.inference import run_inference
 from service.registry_watch import LoadedModel
 from service.schemas import ErrorResponse, ModelRef
 
@@ -213,14 +216,21 @@ def _segments(n: int, fs: float, seg_s: float) -> list[tuple[int, int, int, int]
     return out
 
 
-def _arrhythmia_answer(
-    loaded: LoadedModel,
-    record: EcgRecord,
-    lead: str | None,
-    include_signal: bool,
-    max_segment_s: float,
-    gate: Any,
-) -> FileArrhythmiaResponse:
+@dataclass
+class _ArrhythmiaPlan:
+    """What the arrhythmia model reads of a record: its lead, cut into overlapping segments."""
+
+    predictor: ArrhythmiaPredictor
+    column: int
+    warnings: list[str]
+    parts: list[tuple[int, int, int, int]]  # (lo, hi, own_lo, own_hi) samples
+    segments: list[Segment]
+
+
+def _arrhythmia_plan(
+    loaded: LoadedModel, record: EcgRecord, lead: str | None, max_segment_s: float
+) -> _ArrhythmiaPlan:
+    """The lead and segments of ``record`` for the served arrhythmia model (422 saying why not)."""
     predictor = loaded.predictor
     if not isinstance(predictor, ArrhythmiaPredictor):
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "wrong model kind loaded")
@@ -235,30 +245,40 @@ def _arrhythmia_answer(
         )
     _check_rate(fs, cfg.fs_target)
     parts = _segments(record.n_samples, fs, max_segment_s)
-    lead_name = record.leads[column]
+    segments = []
     try:
-        inputs = []
         for lo, hi, _, _ in parts:
             peaks = None
             if record.r_peaks is not None:
                 inside = record.r_peaks[(record.r_peaks >= lo) & (record.r_peaks < hi)]
                 peaks = inside - lo
-            inputs.append(Segment.single_lead(signal[lo:hi], fs, lead_name, peaks))
-        with gate:
-            predictions = predictor.predict_many(inputs)
+            segments.append(Segment.single_lead(signal[lo:hi], fs, record.leads[column], peaks))
     except ValueError as err:
         raise _unprocessable(str(err)) from err
-    classes = predictor.card.classes
+    return _ArrhythmiaPlan(predictor, column, warnings, parts, segments)
+
+
+def _arrhythmia_answer(
+    loaded: LoadedModel,
+    record: EcgRecord,
+    plan: _ArrhythmiaPlan,
+    predictions: Sequence[BeatPredictions],
+    include_signal: bool,
+) -> FileArrhythmiaResponse:
+    """The beats of the whole record from its segments' predictions (each beat from the
+    segment that owns it), the record's quality verdict, and the record's facts."""
+    classes = plan.predictor.card.classes
     kept, part_quality = [], []
-    for (lo, _, own_lo, own_hi), pred in zip(parts, predictions, strict=True):
+    for (lo, _, own_lo, own_hi), pred in zip(plan.parts, predictions, strict=True):
         if nonfinite_outputs(pred):
             raise _unprocessable("the model produced non-finite outputs for this record")
         absolute = np.asarray(pred.r_peaks, dtype=np.int64) + lo
         kept.append(BeatArrays.of(pred, (absolute >= own_lo) & (absolute < own_hi), offset=lo))
         part_quality.append((pred.strip_verdict, pred.strip_reasons))
-    beats = beats_out(BeatArrays.concat(kept, len(classes)), classes, fs)
+    beats = beats_out(BeatArrays.concat(kept, len(classes)), classes, record.fs)
     quality = merge_quality(part_quality, beats)
-    warnings.extend(no_beats_warning(quality, beats, "record"))
+    warnings = [*plan.warnings, *no_beats_warning(quality, beats, "record")]
+    signal = record.signal[:, plan.column]
     return FileArrhythmiaResponse(
         n_samples=record.n_samples,
         duration_s=record.duration_s,
@@ -269,7 +289,7 @@ def _arrhythmia_answer(
         warnings=[*record.warnings, *warnings],
         model=_model_ref(loaded),
         record=_record_info(record),
-        lead=record.leads[column],
+        lead=record.leads[plan.column],
         signal=np.round(signal.astype(np.float64), 4).tolist() if include_signal else None,
     )
 
@@ -501,9 +521,13 @@ def predict_arrhythmia_file(
     """Every beat of an uploaded record (WFDB, EDF/EDF+, CSV), read from its MLII lead."""
     record = _decode_upload(files, fmt, fs)
     request.state.n_samples = record.n_samples
-    return _arrhythmia_answer(
-        loaded, record, lead, include_signal, settings.max_signal_seconds, gate
-    )
+    plan = _arrhythmia_plan(loaded, record, lead, settings.max_signal_seconds)
+    try:
+        with gate:
+            predictions = plan.predictor.predict_many(plan.segments)
+    except ValueError as err:
+        raise _unprocessable(str(err)) from err
+    return _arrhythmia_answer(loaded, record, plan, predictions, include_signal)
 
 
 @files_router.post("/heart-disease/file", response_model=FileHeartDiseaseResponse)
@@ -534,7 +558,7 @@ async def predict_arrhythmia_binary(
     request: Request,
     loaded: ArrhythmiaModelDep,
     settings: SettingsDep,
-    gate: InferenceGateDep,
+    batcher: BatcherDep,
     fs: BinFs,
     leads: BinLeads = "MLII",
     dtype: BinDtype = "float32",
@@ -545,14 +569,20 @@ async def predict_arrhythmia_binary(
     """Every beat of a raw little-endian float32/int16 body (``fs``, ``leads``, ``gain`` given)."""
     record = await _decode_binary(request, dtype, fs, leads, gain)
     request.state.n_samples = record.n_samples
-    return await run_inference(
-        lambda held: _arrhythmia_answer(
-            loaded, record, lead, include_signal, settings.max_signal_seconds, held
-        ),
-        record.signal.size,
-        settings,
-        gate,
+    plan = _arrhythmia_plan(loaded, record, lead, settings.max_signal_seconds)
+    # Its segments join whatever other requests arrive now (service/batcher.py).
+    answers = await asyncio.gather(
+        *(batcher.predict(plan.predictor, segment) for segment in plan.segments),
+        return_exceptions=True,
     )
+    predictions = []
+    for answer in answers:
+        if isinstance(answer, ValueError):
+            raise _unprocessable(str(answer)) from answer
+        if isinstance(answer, BaseException):
+            raise answer
+        predictions.append(answer)
+    return _arrhythmia_answer(loaded, record, plan, predictions, include_signal)
 
 
 @files_router.post(
