@@ -51,7 +51,7 @@ def test_summarise_profile_counts_busy_stacks_only() -> None:
     raw = "\n".join(
         [
             "thread (t);run (a.py);assess_strip (models/quality.py);_filt (models/quality.py) 6",
-            "thread (t);run (a.py);predict_strip (models/beat_sequence.py) 3",
+            "thread (t);run (a.py);predict_strips (models/beat_sequence.py) 3",
             "thread (t);_bootstrap (threading.py);_worker (concurrent/futures/thread.py) 50",
             "thread (t);loads (json/__init__.py) 1",
         ]
@@ -60,7 +60,7 @@ def test_summarise_profile_counts_busy_stacks_only() -> None:
     assert out["busy_samples"] == 10 and out["waiting_samples"] == 50
     assert out["self_top"][0] == ["_filt (models/quality.py)", 0.6]
     assert out["inclusive"]["assess_strip"] == 0.6
-    assert out["inclusive"]["predict_strip"] == 0.3 and out["inclusive"]["loads"] == 0.1
+    assert out["inclusive"]["predict_strips"] == 0.3 and out["inclusive"]["loads"] == 0.1
 
 
 def test_rounds_are_reported_as_medians_with_their_spread() -> None:
