@@ -15,6 +15,7 @@ from app_helpers import make_settings
 from fastapi.testclient import TestClient
 
 from bench.tiny_models import TinyRegistry, build_registry, train_arrhythmia, train_heart_disease
+from models.predictor import ArrhythmiaPredictor, load_predictor
 from models.tasks import TASK_ARRHYTHMIA, TASK_HEART_DISEASE
 from service.main import create_app
 
@@ -50,3 +51,13 @@ def client(tiny_registry: TinyRegistry) -> Iterator[TestClient]:
     """An in-process client of an app serving the tiny champions (lifespan run)."""
     with TestClient(create_app(make_settings(tiny_registry))) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def arrhythmia_predictor(tiny_registry: TinyRegistry) -> ArrhythmiaPredictor:
+    """The tiny arrhythmia champion, loaded from the registry as the service loads it."""
+    p = load_predictor(
+        f"models:/{tiny_registry.arrhythmia_name}@champion", tracking_uri=tiny_registry.tracking_uri
+    )
+    assert isinstance(p, ArrhythmiaPredictor)
+    return p

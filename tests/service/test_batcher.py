@@ -7,25 +7,14 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 import wfdb
 
-from bench.tiny_models import TinyRegistry
-from models.predictor import ArrhythmiaPredictor, BeatPredictions, load_predictor
+from models.predictor import ArrhythmiaPredictor, BeatPredictions
 from models.segment import Segment, SegmentError
 from service.batcher import StripBatcher
 from service.settings import ServiceSettings
 
 EXCERPT = Path(__file__).resolve().parents[1] / "fixtures" / "mitdb_excerpt" / "mitdb" / "1.0.0"
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_registry: TinyRegistry) -> ArrhythmiaPredictor:
-    p = load_predictor(
-        f"models:/{tiny_registry.arrhythmia_name}@champion", tracking_uri=tiny_registry.tracking_uri
-    )
-    assert isinstance(p, ArrhythmiaPredictor)
-    return p
 
 
 def _strips(n: int) -> list[Segment]:
@@ -52,8 +41,9 @@ async def _together(batcher: StripBatcher, predictor: ArrhythmiaPredictor, segme
 
 
 def test_concurrent_segments_share_one_call_and_get_their_own_answers(
-    predictor: ArrhythmiaPredictor,
+    arrhythmia_predictor: ArrhythmiaPredictor,
 ) -> None:
+    predictor = arrhythmia_predictor
     segments = _strips(4)
     batcher = StripBatcher(ServiceSettings(), threading.BoundedSemaphore(1))
     answers = asyncio.run(_together(batcher, predictor, segments))
@@ -63,7 +53,10 @@ def test_concurrent_segments_share_one_call_and_get_their_own_answers(
         _same(answer, predictor.predict_many([segment])[0])
 
 
-def test_a_bad_segment_fails_only_its_own_request(predictor: ArrhythmiaPredictor) -> None:
+def test_a_bad_segment_fails_only_its_own_request(
+    arrhythmia_predictor: ArrhythmiaPredictor,
+) -> None:
+    predictor = arrhythmia_predictor
     good = _strips(2)
     short = Segment(good[0].signal[:10], 360.0, ("MLII",))  # shorter than one beat window
     batcher = StripBatcher(ServiceSettings(), threading.BoundedSemaphore(1))
@@ -74,7 +67,10 @@ def test_a_bad_segment_fails_only_its_own_request(predictor: ArrhythmiaPredictor
         _same(answer, predictor.predict_many([segment])[0])
 
 
-def test_large_segments_and_a_lone_request_run_alone(predictor: ArrhythmiaPredictor) -> None:
+def test_large_segments_and_a_lone_request_run_alone(
+    arrhythmia_predictor: ArrhythmiaPredictor,
+) -> None:
+    predictor = arrhythmia_predictor
     segments = _strips(2)
     batcher = StripBatcher(ServiceSettings(inline_max_samples=1000), threading.BoundedSemaphore(1))
     answers = asyncio.run(_together(batcher, predictor, segments))  # 3600 > 1000: each alone

@@ -14,15 +14,6 @@ from models.segment import Segment
 
 
 @pytest.fixture(scope="module")
-def arrhythmia_predictor(tiny_registry: TinyRegistry) -> ArrhythmiaPredictor:
-    p = load_predictor(
-        f"models:/{tiny_registry.arrhythmia_name}@champion", tracking_uri=tiny_registry.tracking_uri
-    )
-    assert isinstance(p, ArrhythmiaPredictor)
-    return p
-
-
-@pytest.fixture(scope="module")
 def heart_disease_predictor(tiny_registry: TinyRegistry) -> HeartDiseasePredictor:
     p = load_predictor(
         f"models:/{tiny_registry.heart_disease_name}@champion",
