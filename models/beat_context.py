@@ -49,7 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from models.preprocessing import PreprocessConfig, beat_windows, median_along, preprocess_signal
+from models.preprocessing import PreprocessConfig, beat_windows, preprocess_signal
+from models.signal_ops import median_along
 
 __all__ = [
     "CONTEXT_FEATURE_NAMES",

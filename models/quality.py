@@ -88,7 +88,7 @@ from scipy import ndimage
 from scipy import signal as sps
 
 from models.preprocessing import detect_rpeaks
-from models.signal_ops import ZeroPhaseFilter, derivative, median0
+from models.signal_ops import ZeroPhaseFilter, derivative, median_along
 
 __all__ = [
     "GOOD",
@@ -493,7 +493,7 @@ def _assess_window(
     if peaks.size:
         seg = _beat_matrix(band, peaks, half, half + 1)
         amps = np.maximum.reduce(seg, axis=1) - np.minimum.reduce(seg, axis=1)  # np.ptp
-        sqi["qrs_amp_mv"] = float(median0(amps))
+        sqi["qrs_amp_mv"] = float(median_along(amps, 0))
     else:
         amps = np.zeros(0)
         sqi["qrs_amp_mv"] = float(np.maximum.reduce(band) - np.minimum.reduce(band))
@@ -541,7 +541,7 @@ def _assess_window(
     before, after = round(_BEAT_BEFORE_S * fs), round(_BEAT_AFTER_S * fs)
     if peaks.size >= 2:
         beats = _beat_matrix(band, peaks, before, after)
-        tcorr = _corr_rows(beats, median0(beats))
+        tcorr = _corr_rows(beats, median_along(beats, 0))
         sqi["tcorr"] = _mean(tcorr)
     else:
         tcorr = np.ones(peaks.size)

@@ -38,7 +38,7 @@ from scipy import ndimage
 from scipy import signal as sps
 
 from models.preprocessing import DETECTION_FS, resample
-from models.signal_ops import ZeroPhaseFilter, derivative, median0
+from models.signal_ops import ZeroPhaseFilter, derivative, median_along
 
 __all__ = ["QRSDetectorConfig", "detect_qrs", "detect_xqrs"]
 
@@ -213,7 +213,7 @@ def detect_qrs(signal: np.ndarray, fs: float, cfg: QRSDetectorConfig | None = No
     start = mwi[: max(1, int(min(n, cfg.init_s * fsd)))]
     block = max(1, int(2.0 * fsd))
     maxima = np.maximum.reduceat(start, np.arange(0, start.shape[0], block))  # per 2-s block
-    spk, npk = 0.5 * float(median0(maxima)), 0.5 * float(median0(start))
+    spk, npk = 0.5 * float(median_along(maxima, 0)), 0.5 * float(median_along(start, 0))
     chosen = _select_beats(
         cand.tolist(), mwi[cand].tolist(), steepest.tolist(), spk, npk, 0.8 * fsd, fsd, cfg
     )

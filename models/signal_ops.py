@@ -11,8 +11,8 @@ initial conditions and the default pad length of one design and runs the same st
 at ``zi * ext[0]``, backward pass started at ``zi * y[-1]``, pad removed, so the output equals
 SciPy's bit for bit.
 
-:func:`derivative` is ``np.gradient`` of a 1-D signal with unit spacing and :func:`median0`
-``np.median(a, axis=0)``, the same arithmetic without the argument handling (which costs more
+:func:`derivative` is ``np.gradient`` of a 1-D signal with unit spacing and :func:`median_along`
+``np.median(a, axis=axis)``, the same arithmetic without the argument handling (which costs more
 than the arithmetic on arrays of a few thousand samples).
 """
 
@@ -28,7 +28,7 @@ try:  # SciPy's compiled kernel, the one sps.sosfilt calls after validating its 
 except ImportError:  # pragma: no cover - a SciPy that moved it: the public path, same numbers
     _kernel = None
 
-__all__ = ["ZeroPhaseFilter", "derivative", "median0"]
+__all__ = ["ZeroPhaseFilter", "derivative", "median_along"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,24 +140,49 @@ def derivative(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def median0(a: np.ndarray) -> np.ndarray:
-    """``np.median(a, axis=0)`` of a 1-D or 2-D float array of finite values, non-empty along
-    axis 0: the same order statistics (the middle one, or the mean of the middle two, as
-    ``(lower + upper) / 2``).
+def median_along(a: np.ndarray, axis: int) -> np.ndarray:
+    """``np.median(a, axis=axis)`` of a float array, bit for bit, with less overhead.
+
+    NumPy partitions at the middle element(s) and at the last one (a NaN check) in one call,
+    which is several times slower than partitioning at one element (measured: 19 vs 5 ms for the
+    30-beat running templates of a 300-s strip); here a copy is partitioned at ``mid = n // 2``
+    alone. The result is what NumPy's ``mean`` of the
+    middle one or two order statistics gives, in the array's dtype: ``0 + a[mid]``, or for an
+    even count ``(0 + a[mid - 1] + a[mid]) / 2``, where ``a[mid - 1]`` is the largest element
+    left of ``mid`` (the sum starting at +0 makes the sign of a zero irrelevant: a median of -0 is
+    +0, as in NumPy); NaN wherever the data hold a NaN (NaN sorts last, so right of ``mid``).
 
     Parameters
     ----------
     a : np.ndarray
-        float ``(n,)`` or ``(n, m)``.
+        float32 or float64 array (others, and an empty ``axis``, fall back to NumPy).
+    axis : int
 
     Returns
     -------
     np.ndarray
-        0-d (for 1-D ``a``) or ``(m,)``.
+        ``a``'s shape without ``axis``, ``a``'s dtype.
     """
-    n = a.shape[0]
-    k = n // 2
-    if n % 2:
-        return np.asarray(np.partition(a, k, axis=0)[k])
-    part = np.partition(a, (k - 1, k), axis=0)
-    return np.asarray((part[k - 1] + part[k]) / 2)
+    sz = a.shape[axis]
+    if sz == 0 or a.dtype not in (np.float32, np.float64):
+        return np.asarray(np.median(a, axis=axis))
+    mid = sz // 2
+    ax = axis % a.ndim
+
+    def along(index: int | slice) -> tuple[int | slice, ...]:
+        return (slice(None),) * ax + (index,)
+
+    part = np.array(a, order="C")  # partitioned in place: a copy, never ``a`` itself
+    part.partition(mid, axis=ax)
+    zero = a.dtype.type(0.0)
+    if sz % 2:
+        out = part[along(mid)] + zero
+    else:
+        out = np.maximum.reduce(part[along(slice(None, mid))], axis=ax)
+        out += zero
+        out += part[along(mid)]
+        out /= a.dtype.type(2.0)
+    upper = np.isnan(part[along(slice(mid, None))])
+    if upper.any():
+        out[upper.any(axis=ax)] = np.nan
+    return out

@@ -24,10 +24,10 @@ from models.preprocessing import (
     _resample_filter,
     bandpass,
     beat_windows,
-    median_along,
     remove_baseline,
     resample,
 )
+from models.signal_ops import median_along
 from pipeline.records import read_annotations, read_record
 
 FIXTURE_DB = Path(__file__).resolve().parents[1] / "fixtures" / "mitdb_excerpt" / "mitdb" / "1.0.0"
