@@ -32,6 +32,7 @@ __all__ = [
     "model_inputs",
     "predict_strip",
     "predict_strips",
+    "strip_chunks",
 ]
 
 
@@ -236,7 +237,7 @@ class BeatSequenceModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def _chunks(n: int, max_beats: int) -> list[tuple[int, int]]:
+def strip_chunks(n: int, max_beats: int) -> list[tuple[int, int]]:
     """``[start, stop)`` beat ranges of a strip of ``n`` beats read ``max_beats`` at a time.
 
     A short tail chunk reads poorly: a tail under half a chunk joins the previous one.
@@ -305,7 +306,9 @@ def predict_strips(
     """
     k = len(model.config.classes)
     chunks = [
-        (i, s, e) for i, (_, feats) in enumerate(strips) for s, e in _chunks(len(feats), max_beats)
+        (i, s, e)
+        for i, (_, feats) in enumerate(strips)
+        for s, e in strip_chunks(len(feats), max_beats)
     ]
     if not chunks:
         return [np.zeros((0, k), dtype=np.float32) for _ in strips]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from models.beat_context import CONTEXT_FEATURE_NAMES
-from models.beat_sequence import BeatSequenceConfig, BeatSequenceModel, model_inputs
+from models.beat_sequence import BeatSequenceConfig, BeatSequenceModel, model_inputs, strip_chunks
 from pipeline.beat_sequences import LABEL_CLASSES, BeatSequences
 
 __all__ = [
@@ -217,16 +217,15 @@ def predict_logits(
     """Uncalibrated logits for every beat of ``data``, float32 ``(n, k)``, strip by strip.
 
     Strips longer than ``max_beats`` are read in consecutive chunks, as
-    :func:`models.beat_sequence.predict_strip` does (a tail under half a chunk joins the previous).
+    :func:`models.beat_sequence.predict_strip` does (:func:`~models.beat_sequence.strip_chunks`).
     """
     model.eval()
     waves, feats = _inputs(data, model.config)
-    chunks = []
-    for a, b in _strip_ranges(data.strip).tolist():
-        starts = list(range(a, b, max_beats))
-        if len(starts) > 1 and b - starts[-1] < max_beats // 2:
-            starts.pop()
-        chunks += [(s, starts[i + 1] if i + 1 < len(starts) else b) for i, s in enumerate(starts)]
+    chunks = [
+        (a + s, a + e)
+        for a, b in _strip_ranges(data.strip).tolist()
+        for s, e in strip_chunks(b - a, max_beats)
+    ]
     ch = np.asarray(chunks, dtype=np.int64).reshape(-1, 2)
     # Similar lengths together: less padding.
     order = np.argsort(ch[:, 1] - ch[:, 0])
