@@ -13,7 +13,6 @@ segment fails only its own request.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import Sequence
 from functools import partial
@@ -24,8 +23,6 @@ from service.inference import Gate, run_inference
 from service.settings import ServiceSettings
 
 __all__ = ["StripBatcher", "predict_held"]
-
-logger = logging.getLogger(__name__)
 
 _Item = tuple[ArrhythmiaPredictor, Segment, "asyncio.Future[BeatPredictions]"]
 
@@ -44,7 +41,8 @@ class StripBatcher:
     Parameters
     ----------
     settings : ServiceSettings
-        ``inline_max_samples`` also bounds the samples of one batch.
+        ``inline_max_samples``: a larger segment runs on its own, and a batch larger than it
+        runs in the thread pool.
     gate : threading.BoundedSemaphore
         The inference gate every prediction holds while it runs.
     """
@@ -53,7 +51,7 @@ class StripBatcher:
         self.settings = settings
         self.gate = gate
         self._pending: list[_Item] = []
-        #: Batches run and segments in them (for the logs and the tests).
+        #: Batches run and segments in them (read by the tests).
         self.batches = 0
         self.segments = 0
 
@@ -75,6 +73,24 @@ class StripBatcher:
         if len(self._pending) == 1:
             loop.call_soon(self._start_batch)
         return await future
+
+    async def predict_all(
+        self, predictor: ArrhythmiaPredictor, segments: Sequence[Segment]
+    ) -> list[BeatPredictions]:
+        """:meth:`predict` of several segments (the parts of one record), batched together.
+
+        Raises
+        ------
+        ValueError
+            The first segment's error, if any segment fails.
+        """
+        answers = await asyncio.gather(
+            *(self.predict(predictor, segment) for segment in segments), return_exceptions=True
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return answers  # type: ignore[return-value]  # no exceptions left
 
     def _start_batch(self) -> None:
         batch, self._pending = self._pending, []

@@ -19,7 +19,6 @@ ignored), one answer per consecutive model-length window (10 s for PTB-XL).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import re
@@ -43,6 +42,7 @@ from service.arrhythmia_answer import (
     nonfinite_outputs,
     summary,
 )
+from service.batcher import predict_held
 from service.deps import (
     ArrhythmiaModelDep,
     BatcherDep,
@@ -523,8 +523,7 @@ def predict_arrhythmia_file(
     request.state.n_samples = record.n_samples
     plan = _arrhythmia_plan(loaded, record, lead, settings.max_signal_seconds)
     try:
-        with gate:
-            predictions = plan.predictor.predict_many(plan.segments)
+        predictions = predict_held(gate, plan.predictor, plan.segments)
     except ValueError as err:
         raise _unprocessable(str(err)) from err
     return _arrhythmia_answer(loaded, record, plan, predictions, include_signal)
@@ -570,18 +569,10 @@ async def predict_arrhythmia_binary(
     record = await _decode_binary(request, dtype, fs, leads, gain)
     request.state.n_samples = record.n_samples
     plan = _arrhythmia_plan(loaded, record, lead, settings.max_signal_seconds)
-    # Its segments join whatever other requests arrive now (service/batcher.py).
-    answers = await asyncio.gather(
-        *(batcher.predict(plan.predictor, segment) for segment in plan.segments),
-        return_exceptions=True,
-    )
-    predictions = []
-    for answer in answers:
-        if isinstance(answer, ValueError):
-            raise _unprocessable(str(answer)) from answer
-        if isinstance(answer, BaseException):
-            raise answer
-        predictions.append(answer)
+    try:  # its segments join whatever other requests arrive now (service/batcher.py)
+        predictions = await batcher.predict_all(plan.predictor, plan.segments)
+    except ValueError as err:
+        raise _unprocessable(str(err)) from err
     return _arrhythmia_answer(loaded, record, plan, predictions, include_signal)
 
 

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 import wfdb
 
 from models.predictor import ArrhythmiaPredictor, BeatPredictions
@@ -78,3 +79,17 @@ def test_large_segments_and_a_lone_request_run_alone(
     lone = StripBatcher(ServiceSettings(), threading.BoundedSemaphore(1))
     asyncio.run(_together(lone, predictor, segments[:1]))
     assert (lone.batches, lone.segments) == (1, 1)
+
+
+def test_predict_all_batches_a_record_s_segments_and_raises_the_first_error(
+    arrhythmia_predictor: ArrhythmiaPredictor,
+) -> None:
+    segments = _strips(3)
+    batcher = StripBatcher(ServiceSettings(), threading.BoundedSemaphore(1))
+    answers = asyncio.run(batcher.predict_all(arrhythmia_predictor, segments))
+    assert (batcher.batches, batcher.segments) == (1, 3)
+    for segment, answer in zip(segments, answers, strict=True):
+        _same(answer, arrhythmia_predictor.predict_many([segment])[0])
+    short = Segment(segments[0].signal[:10], 360.0, ("MLII",))
+    with pytest.raises(SegmentError):
+        asyncio.run(batcher.predict_all(arrhythmia_predictor, [segments[0], short]))
